@@ -1,0 +1,91 @@
+"""The model registry: `create_model(name, **overrides)` and `list_models()`.
+
+Each family file declares its variants as data (a table of field values); this
+module turns every row into a registry entry. Overrides replace fields of the
+module being built; CLIP entries also take `image_tower`/`text_tower` (registry
+names) and `image`/`text` (dicts of overrides for the towers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from flax import linen as nn
+
+from jaxmm.models.clip import CLIP, CLIP_VARIANTS
+from jaxmm.models.text import TEXT_VARIANTS, TextTransformer
+from jaxmm.models.vit import VIT_VARIANTS, VisionTransformer
+
+_FAMILIES: dict[str, tuple[type[nn.Module], Mapping[str, dict[str, Any]]]] = {
+    "vit": (VisionTransformer, VIT_VARIANTS),
+    "text": (TextTransformer, TEXT_VARIANTS),
+}
+_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    name: (module, row) for module, table in _FAMILIES.values() for name, row in table.items()
+}
+
+# Fields every tower inherits from the CLIP model that holds it.
+_SHARED_FIELDS = ("dtype", "param_dtype")
+
+
+def list_models() -> list[str]:
+    """All registered names, sorted."""
+    return sorted([*_REGISTRY, *CLIP_VARIANTS])
+
+
+def _module_fields(module: type[nn.Module]) -> set[str]:
+    return {f.name for f in fields(module) if f.name not in ("parent", "name")}
+
+
+def _build(module: type[nn.Module], row: Mapping[str, Any], overrides: Mapping[str, Any], name):
+    unknown = set(overrides) - _module_fields(module)
+    if unknown:
+        raise TypeError(
+            f"{name}: unknown override(s) {sorted(unknown)}; "
+            f"{module.__name__} has fields {sorted(_module_fields(module))}"
+        )
+    return module(**{**row, **overrides})
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Builds the registered model `name`, replacing fields with `overrides`.
+
+    Raises:
+        KeyError: `name` is not registered (the message lists what is).
+        TypeError: an override names no field of the model.
+    """
+    if name in CLIP_VARIANTS:
+        return _create_clip(name, **overrides)
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    module, row = _REGISTRY[name]
+    return _build(module, row, overrides, name)
+
+
+def _create_clip(
+    name: str,
+    *,
+    image_tower: str | None = None,
+    image: Mapping[str, Any] | None = None,
+    text_tower: str | None = None,
+    text: Mapping[str, Any] | None = None,
+    **clip_overrides: Any,
+) -> CLIP:
+    variant = CLIP_VARIANTS[name]
+    shared = {key: clip_overrides[key] for key in _SHARED_FIELDS if key in clip_overrides}
+    image_name = image_tower or variant["image_tower"]
+    # The variant's tower overrides (e.g. OpenAI's ViT style) apply unless the tower
+    # itself was swapped for another registry entry.
+    image_base = variant.get("image", {}) if image_tower is None else {}
+    text_name = text_tower or variant["text_tower"]
+    text_base = variant.get("text", {}) if text_tower is None else {}
+    tower_image = create_model(
+        image_name, **{**image_base, **(image or {}), **shared, "num_classes": 0}
+    )
+    tower_text = create_model(text_name, **{**text_base, **(text or {}), **shared})
+    clip_fields = {"embed_dim": variant["embed_dim"], **clip_overrides}
+    return _build(
+        CLIP, {}, {"image_tower": tower_image, "text_tower": tower_text, **clip_fields}, name
+    )

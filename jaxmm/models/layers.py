@@ -1,0 +1,216 @@
+"""Building blocks shared by the Transformer models (ViT, the text tower, CLIP).
+
+Pre-LayerNorm Transformer blocks as in ViT (Dosovitskiy et al. 2021) and CLIP
+(Radford et al. 2021). Attention keeps q/k/v in one `DenseGeneral` whose kernel
+is `[embed, 3, heads, head_dim]`: one matmul like PyTorch's fused `in_proj`/`qkv`
+(a reshape converts between them), while the `heads` axis stays a separate
+dimension that tensor parallelism can split.
+
+Every parameter carries logical axis names (see `jaxmm.sharding`); activations
+are constrained only at block boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's GELU approximation, `x * sigmoid(1.702 x)`."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """PyTorch `nn.GELU()` (erf form); `jax.nn.gelu` defaults to the tanh approximation."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": gelu_exact,
+    "gelu_tanh": jax.nn.gelu,
+    "quick_gelu": quick_gelu,
+    "relu": jax.nn.relu,
+}
+
+
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None):
+    """LayerNorm with the two-pass variance PyTorch uses (tighter parity than Flax's fast one)."""
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+class DenseNd(nn.Module):
+    """A dense layer whose kernel keeps its N-D shape `[*in_dims, *features]`.
+
+    Contracts the last `num_in_axes` axes of the input. Flax's `DenseGeneral` creates a
+    flat kernel and reshapes it, which clashes with N-D logical sharding constraints.
+    """
+
+    features: tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    num_in_axes: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_dims = x.shape[x.ndim - self.num_in_axes :]
+        in_axes = tuple(range(self.num_in_axes))
+        out_axes = tuple(range(self.num_in_axes, self.num_in_axes + len(self.features)))
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.xavier_uniform(in_axis=in_axes, out_axis=out_axes),
+                self.kernel_axes,
+            ),
+            (*in_dims, *self.features),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(
+                nn.initializers.zeros, self.kernel_axes[self.num_in_axes :]
+            ),
+            self.features,
+            self.param_dtype,
+        )
+        x_axes = tuple(range(x.ndim - self.num_in_axes, x.ndim))
+        y = jax.lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype), ((x_axes, in_axes), ((), ()))
+        )
+        return y + bias.astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention over `[B, L, D]` with an optional boolean mask `[.., L, L]`."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
+        head_dim = width // self.num_heads
+        qkv = DenseNd(
+            features=(3, self.num_heads, head_dim),
+            kernel_axes=("embed", "qkv", "heads", "kv"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="qkv",
+        )(x)  # [B, L, 3, H, Dh]
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, Dh] each
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        # Softmax in float32: bf16 loses the small probabilities that carry the gradient.
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [B, L, H, Dh]
+        return DenseNd(
+            features=(width,),
+            kernel_axes=("heads", "kv", "embed"),
+            num_in_axes=2,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
+        )(attended)
+
+
+class MlpBlock(nn.Module):
+    """Dense -> activation -> Dense, `[.., D] -> [.., D]`."""
+
+    hidden_dim: int
+    activation: str = "gelu"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        x = nn.Dense(
+            self.hidden_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.xavier_uniform(), ("embed", "mlp")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+            name="fc1",
+        )(x)
+        x = nn.with_logical_constraint(x, ("batch", "act_length", "act_mlp"))
+        x = ACTIVATIONS[self.activation](x)
+        return nn.Dense(
+            width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.xavier_uniform(), ("mlp", "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="fc2",
+        )(x)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN residual block: `x + attn(ln(x))`, then `x + mlp(ln(x))`."""
+
+    num_heads: int
+    mlp_dim: int
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        ln = lambda name: layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
+        x = x + MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="attn")(
+            ln("ln_1")(x), mask
+        )
+        x = x + MlpBlock(self.mlp_dim, self.activation, self.dtype, self.param_dtype, name="mlp")(
+            ln("ln_2")(x)
+        )
+        return nn.with_logical_constraint(x, ("batch", "act_length", "act_embed"))
+
+
+class Encoder(nn.Module):
+    """A stack of `depth` encoder blocks named `block_0` .. `block_{depth-1}`."""
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        for index in range(self.depth):
+            x = EncoderBlock(
+                self.num_heads,
+                self.mlp_dim,
+                self.activation,
+                self.layer_norm_eps,
+                self.dtype,
+                self.param_dtype,
+                name=f"block_{index}",
+            )(x, mask)
+        return x

@@ -1,0 +1,43 @@
+"""Where metrics go: TensorBoard event files, `metrics.jsonl`, and the console.
+
+Keys follow `split/name` (`train/loss`, `zeroshot/top1`, ...). Each call to
+`write` appends one JSON object `{"step": ..., key: value, ...}` to
+`metrics.jsonl`, so runs can be compared without TensorBoard. Only process 0
+writes in a multi-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Mapping
+
+import jax
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+    def __init__(self, workdir: str | pathlib.Path):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        workdir = pathlib.Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        values = {key: float(value) for key, value in metrics.items()}
+        for key, value in values.items():
+            if math.isfinite(value):
+                self._tensorboard.add_scalar(key, value, step)
+        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tensorboard.close()

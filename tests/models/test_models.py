@@ -1,0 +1,99 @@
+"""Every tiny registry variant: init, apply, shapes, finiteness, jit vs no-jit, a gradient."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from jaxmm.models import create_model, list_models
+from jaxmm.models.layers import gelu_exact, quick_gelu
+
+TINY = [name for name in list_models() if name.endswith("_test")]
+
+
+def _inputs(name: str, batch: int = 2):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(batch, 32, 32, 3)).astype(np.float32)
+    tokens = rng.integers(1, 500, size=(batch, 16)).astype(np.int32)
+    tokens[:, 10] = 511  # EOT: the largest id of the tiny text tower's vocabulary
+    if name.startswith("clip"):
+        return images, tokens
+    if name.startswith("text"):
+        return (tokens,)
+    return (images,)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_variant_shapes_finite_and_jit(name):
+    model = create_model(name)
+    inputs = _inputs(name)
+    variables = nn.unbox(model.init(jax.random.PRNGKey(0), *inputs))
+    apply = lambda v, *x: model.apply(v, *x)
+    eager = apply(variables, *inputs)
+    jitted = jax.jit(apply)(variables, *inputs)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
+    chex.assert_tree_all_finite(eager)
+    if name.startswith("clip"):
+        chex.assert_shape(eager.image_embeddings, (2, model.embed_dim))
+        chex.assert_shape(eager.text_embeddings, (2, model.embed_dim))
+        np.testing.assert_allclose(np.linalg.norm(eager.image_embeddings, axis=-1), 1, rtol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(eager.text_embeddings, axis=-1), 1, rtol=1e-5)
+        np.testing.assert_allclose(eager.logit_scale, np.log(1 / 0.07), rtol=1e-6)
+    elif name.startswith("text"):
+        chex.assert_shape(eager, (2, model.width))
+    else:
+        chex.assert_shape(eager, (2, model.num_classes))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_variant_gradient_is_finite_and_nonzero(name):
+    model = create_model(name)
+    inputs = _inputs(name)
+    params = nn.unbox(model.init(jax.random.PRNGKey(1), *inputs))["params"]
+
+    def loss(p):
+        out = model.apply({"params": p}, *inputs)
+        leaves = jax.tree.leaves(out)
+        return sum(jnp.sum(jnp.sin(x)) for x in leaves)
+
+    grads = jax.grad(loss)(params)
+    chex.assert_tree_all_finite(grads)
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)) > 0
+
+
+def test_text_tower_pools_at_eot_and_ignores_later_tokens():
+    model = create_model("text_transformer_test")
+    tokens = np.array([[5, 6, 7, 511, 0, 0, 0, 0]], np.int32)
+    variables = model.init(jax.random.PRNGKey(0), tokens)
+    base = model.apply(variables, tokens)
+    # Padding after EOT cannot influence EOT's features under the causal mask.
+    changed = tokens.copy()
+    changed[0, 5] = 9
+    chex.assert_trees_all_close(model.apply(variables, changed), base, atol=1e-6)
+    # A token before EOT does.
+    changed = tokens.copy()
+    changed[0, 1] = 9
+    assert not np.allclose(model.apply(variables, changed), base, atol=1e-4)
+
+
+def test_unknown_model_and_override_errors_name_the_culprit():
+    with pytest.raises(KeyError, match="vit_huge"):
+        create_model("vit_huge")
+    with pytest.raises(TypeError, match="patch_sise"):
+        create_model("vit_test", patch_sise=4)
+
+
+def test_image_size_not_divisible_by_patch_is_a_clear_error():
+    model = create_model("vit_test")  # patch 8
+    with pytest.raises(ValueError, match="not divisible by patch size 8"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 3)))
+
+
+def test_activations_match_their_definitions():
+    x = np.linspace(-4, 4, 17, dtype=np.float32)
+    from scipy.special import erf  # exact GELU: x * Phi(x)
+
+    np.testing.assert_allclose(gelu_exact(x), 0.5 * x * (1 + erf(x / np.sqrt(2))), atol=1e-6)
+    np.testing.assert_allclose(quick_gelu(x), x / (1 + np.exp(-1.702 * x)), atol=1e-6)
