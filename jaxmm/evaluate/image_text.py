@@ -74,7 +74,7 @@ def evaluate_image_text(
         for key, value in zeroshot_metrics(image_embeddings, labels, classifier).items():
             metrics[f"zeroshot/{key}"] = value
         heldout = annotations["heldout"]
-        if heldout is not None and heldout.any():
+        if heldout is not None and heldout.any() and not heldout.all():
             for key, value in zeroshot_metrics(
                 image_embeddings, labels, classifier, mask=heldout
             ).items():

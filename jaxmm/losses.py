@@ -1,0 +1,167 @@
+"""Losses as pure functions of arrays.
+
+Contrastive image-text losses:
+
+* `clip_infonce_loss`: the symmetric InfoNCE of CLIP (Radford et al. 2021, "Learning
+  Transferable Visual Models From Natural Language Supervision", Fig. 3 pseudocode; matches
+  open_clip's `ClipLoss` on one device).
+* `siglip_loss`: the pairwise sigmoid loss of SigLIP (Zhai et al. 2023, "Sigmoid Loss for
+  Language Image Pre-Training", Algorithm 1; matches big_vision's `siglip` trainer).
+
+Both are written over the GLOBAL batch with plain `jnp` ops. Called under `jax.jit` on
+embeddings sharded along the batch axis, XLA inserts the collectives (an all-gather of the
+other tower's embeddings and the cross-device reductions), so there is no per-device code
+here and the result equals the one-device result.
+
+Everything is computed in float32 whatever the input dtype: with a logit scale up to 100 the
+logits of bf16 embeddings would carry errors of order 0.1, enough to change the loss.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# The similarity matrix is a tiny share of a CLIP step's FLOPs (N^2 D against N times a
+# tower), so it is computed at full float32 precision rather than the bf16/TF32 passes that
+# accelerators use for float32 dots by default.
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def _check_pair(image_embeddings: jax.Array, text_embeddings: jax.Array) -> None:
+    if image_embeddings.ndim != 2 or image_embeddings.shape != text_embeddings.shape:
+        raise ValueError(
+            "expected image and text embeddings of the same shape [N, D], got "
+            f"{image_embeddings.shape} and {text_embeddings.shape}"
+        )
+
+
+def _similarity(image_embeddings: jax.Array, text_embeddings: jax.Array) -> jax.Array:
+    """Cosine similarities of already normalised embeddings, in float32.
+
+    Args:
+      image_embeddings: `[N, D]`.
+      text_embeddings: `[N, D]`.
+
+    Returns:
+      `[N, N]` float32, rows indexed by image, columns by text.
+    """
+    img = image_embeddings.astype(jnp.float32)
+    txt = text_embeddings.astype(jnp.float32)
+    return jnp.einsum("nd,md->nm", img, txt, precision=_PRECISION)
+
+
+def clip_infonce_loss(
+    image_embeddings: jax.Array, text_embeddings: jax.Array, logit_scale: jax.Array | float
+) -> jax.Array:
+    """Symmetric InfoNCE loss of CLIP over the global batch.
+
+    `logits = exp(logit_scale) * img @ txt.T`; the loss is the mean of the image->text
+    cross-entropy (softmax over each row) and the text->image cross-entropy (softmax over
+    each column), both with the matching pair, on the diagonal, as target.
+
+    Args:
+      image_embeddings: `[N, D]`, L2-normalised by the model; any float dtype.
+      text_embeddings: `[N, D]`, L2-normalised; row i is the caption of image i.
+      logit_scale: scalar, the log of the inverse temperature (CLIP initialises it to
+        ln(1/0.07)); exponentiated here.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_pair(image_embeddings, text_embeddings)
+    scale = jnp.exp(jnp.asarray(logit_scale, jnp.float32))
+    logits = scale * _similarity(image_embeddings, text_embeddings)  # [N, N]
+    # The positives are the diagonal; taking it as a row-wise dot product instead of
+    # jnp.diagonal keeps it local to each batch shard.
+    positives = scale * jnp.sum(
+        image_embeddings.astype(jnp.float32) * text_embeddings.astype(jnp.float32), axis=-1
+    )  # [N]
+    # -log softmax(logits)[i, i] = logsumexp(logits[i]) - logits[i, i], stable for any scale.
+    image_to_text = jnp.mean(jax.nn.logsumexp(logits, axis=1) - positives)
+    text_to_image = jnp.mean(jax.nn.logsumexp(logits, axis=0) - positives)
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def clip_accuracy(
+    image_embeddings: jax.Array, text_embeddings: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Top-1 in-batch retrieval accuracy, a cheap training metric.
+
+    Ties go to the lowest index (`argmax` semantics), so a tie with an earlier item counts
+    as a miss.
+
+    Args:
+      image_embeddings: `[N, D]`.
+      text_embeddings: `[N, D]`; row i is the caption of image i.
+
+    Returns:
+      `(i2t_acc, t2i_acc)`: float32 scalars in [0, 1], the fraction of images whose most
+      similar text is their own caption, and of texts whose most similar image is their own.
+    """
+    _check_pair(image_embeddings, text_embeddings)
+    sim = _similarity(image_embeddings, text_embeddings)  # [N, N]
+    targets = jnp.arange(sim.shape[0])
+    i2t = jnp.mean((jnp.argmax(sim, axis=1) == targets).astype(jnp.float32))
+    t2i = jnp.mean((jnp.argmax(sim, axis=0) == targets).astype(jnp.float32))
+    return i2t, t2i
+
+
+def siglip_loss(
+    image_embeddings: jax.Array,
+    text_embeddings: jax.Array,
+    logit_scale: jax.Array | float,
+    logit_bias: jax.Array | float,
+) -> jax.Array:
+    """Pairwise sigmoid loss of SigLIP over the global batch.
+
+    `logits = exp(logit_scale) * img @ txt.T + logit_bias`; every one of the N^2 pairs is an
+    independent binary problem with label +1 on the diagonal and -1 elsewhere:
+
+        loss = -1/N * sum_{i,j} log_sigmoid(label_ij * logits_ij)
+
+    i.e. the sum over all pairs divided by the batch size N, not by N^2: this is the
+    paper's normalisation (Algorithm 1) and big_vision's (`-mean(sum(..., axis=-1))`).
+
+    Args:
+      image_embeddings: `[N, D]`, L2-normalised; any float dtype.
+      text_embeddings: `[N, D]`, L2-normalised; row i is the caption of image i.
+      logit_scale: scalar log temperature `t'` (the paper initialises it to ln 10).
+      logit_bias: scalar bias `b` (the paper initialises it to -10).
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_pair(image_embeddings, text_embeddings)
+    scale = jnp.exp(jnp.asarray(logit_scale, jnp.float32))
+    bias = jnp.asarray(logit_bias, jnp.float32)
+    logits = scale * _similarity(image_embeddings, text_embeddings) + bias  # [N, N]
+    n = logits.shape[0]
+    labels = 2.0 * jnp.eye(n, dtype=jnp.float32) - 1.0  # +1 on the diagonal, -1 elsewhere
+    return -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / n
+
+
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Mean softmax cross-entropy against integer labels, with optional label smoothing.
+
+    With smoothing `a` the target is `(1 - a) * one_hot + a / C` (Szegedy et al. 2016;
+    `optax.smooth_labels`, same as torch's `label_smoothing`).
+
+    Args:
+      logits: `[N, C]`, any float dtype; upcast to float32.
+      labels: `[N]` int class indices in [0, C).
+      label_smoothing: `a` in [0, 1).
+
+    Returns:
+      Scalar float32 mean over the N examples.
+    """
+    logits = logits.astype(jnp.float32)
+    if label_smoothing == 0.0:
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    else:
+        targets = optax.smooth_labels(
+            jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), label_smoothing
+        )
+        losses = optax.softmax_cross_entropy(logits, targets)
+    return jnp.mean(losses)
