@@ -11,6 +11,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -18,21 +19,30 @@ import jaxmm.train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics go here (default runs/NAME).")
+flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Call jax.distributed.initialize() first; it finds the coordinator, process count and id "
+    "on Cloud TPU and SLURM, or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
+)
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if flags.FLAGS.multihost:
+        jax.distributed.initialize()
     config_path = flags.FLAGS["config"].config_filename
     workdir = flags.FLAGS.workdir or os.path.join(
         "runs", os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
     )
     logging.info("workdir: %s", workdir)
     metrics = jaxmm.train.run(flags.FLAGS.config, workdir)
-    print(f"\nFinished. Workdir: {workdir}")
-    for key in sorted(metrics):
-        print(f"  {key:32s} {metrics[key]:.4f}")
+    if jax.process_index() == 0:
+        print(f"\nFinished. Workdir: {workdir}")
+        for key in sorted(metrics):
+            print(f"  {key:32s} {metrics[key]:.4f}")
 
 
 if __name__ == "__main__":

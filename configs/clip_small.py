@@ -19,8 +19,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
     config.batch_size = 256
-    config.total_steps = 1500
-    config.loss = "infonce"  # or "siglip" (then set model.init_logit_bias, e.g. -10.0)
+    config.total_steps = 1100
+    config.loss = "infonce"  # or "siglip" (adds the learnable logit bias)
     config.mesh = dict(data=-1, fsdp=1, model=1)
 
     config.data = dict(
@@ -29,18 +29,20 @@ def get_config(arg: str | None = None) -> ConfigDict:
         builder_kwargs={},
         data_dir="",  # empty: the tfds default, ~/tensorflow_datasets
         image_size=32,
-        context_length=24,
+        context_length=32,
         crop_scale=(0.7, 1.0),
         flip=True,
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
         num_threads=2,
     )
-    config.tokenizer = dict(kind="bpe", vocab_size=1024, merges_path="", train_on_examples=20000)
+    config.tokenizer = dict(kind="bpe", vocab_size=1024, merges_path="", train_on_examples=5000)
     config.model = dict(
         name="clip_test",
-        image=dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_dim=256, pool="gap"),
-        text=dict(context_length=24, width=128, depth=2, num_heads=4, mlp_dim=256),
+        image=dict(
+            patch_size=8, width=128, depth=4, num_heads=4, mlp_dim=256, pool="gap", stem="conv"
+        ),
+        text=dict(context_length=32, width=128, depth=2, num_heads=4, mlp_dim=256),
         embed_dim=128,
     )
     config.optim = dict(

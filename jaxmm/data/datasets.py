@@ -12,24 +12,40 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
 from jaxmm.data.shapes import ClipShapes
-from jaxmm.data.user_captions import CocoCaptionFiles, ImageCaptionFile
+from jaxmm.data.user_captions import CocoCaptions, ImageCaptionFile
 
-BUILDERS = {
-    "clip_shapes": ClipShapes,
-    "image_caption_file": ImageCaptionFile,
-    "coco_caption_files": CocoCaptionFiles,
-}
+# Builders whose files a user points at (`data.builder_kwargs`); they name their own
+# configs after a fingerprint of those files.
+USER_BUILDERS = {"image_caption_file": ImageCaptionFile, "coco_caption_files": CocoCaptions}
 
 
 def get_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
     """The builder for `config` (the `data` section), not yet prepared."""
     kwargs = dict(config.get("builder_kwargs") or {})
-    common = dict(data_dir=config.get("data_dir") or None, file_format="array_record")
-    if config.get("builder_config"):
-        common["config"] = config.builder_config
-    if config.name in BUILDERS:
-        return BUILDERS[config.name](**common, **kwargs)
-    return tfds.builder(config.name, **common, **kwargs)
+    data_dir = config.get("data_dir") or None
+    if config.name in USER_BUILDERS:
+        return _user_builder(config.name, data_dir, kwargs)
+    builder_config = config.get("builder_config") or None
+    if config.name == "clip_shapes":
+        return ClipShapes(
+            config=builder_config, data_dir=data_dir, file_format="array_record", **kwargs
+        )
+    return tfds.builder(
+        config.name, config=builder_config, data_dir=data_dir, file_format="array_record", **kwargs
+    )
+
+
+def _user_builder(name: str, data_dir: str | None, kwargs: dict) -> tfds.core.DatasetBuilder:
+    # Configs use one set of fields for both layouts: `path` is the caption file (or the
+    # COCO JSON) and empty strings stand for "not set" (ml_collections cannot override None).
+    kwargs = {key: value for key, value in kwargs.items() if value != ""}
+    if "path" not in kwargs:
+        raise ValueError(f"data.builder_kwargs.path must name the caption file for {name!r}")
+    if name == "coco_caption_files":
+        kwargs["annotations"] = kwargs.pop("path")
+        if "image_root" not in kwargs:
+            raise ValueError("coco_caption_files needs data.builder_kwargs.image_root")
+    return USER_BUILDERS[name](data_dir=data_dir, **kwargs)
 
 
 def prepare_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:

@@ -4,10 +4,10 @@ Every image-text builder in jaxmm (the built-in `clip_shapes` and the user-data
 builders) yields the same keys: `image` (uint8 `[H, W, 3]`), `captions` (all
 captions of the image) and `image_id`; classification-style ones add `label`.
 
-Training: process shard -> shuffle (reshuffled each epoch) -> repeat ->
-per-example random crop/flip/caption choice/tokenisation -> batch. grain derives
-each example's random generator from the seed and the example's position, so the
-stream is deterministic and its iterator state (a position) is checkpointed with
+Training: process shard -> shuffle (reshuffled each epoch) -> repeat -> batch of
+indices -> batched read -> per-example random crop/flip/caption choice/tokenisation.
+grain derives each batch's random generator from the seed and the batch's position,
+so the stream is deterministic and its iterator state (a position) is checkpointed with
 the model; a resumed run sees exactly the batches an uninterrupted one would.
 """
 
@@ -54,6 +54,28 @@ def train_preprocess(
     }
 
 
+def _read_batch(source: Sequence[dict[str, Any]], indices: np.ndarray) -> list[dict[str, Any]]:
+    # array_record reads a list of records in parallel: about 3x faster than one by one.
+    if hasattr(source, "__getitems__"):
+        return source.__getitems__(indices.tolist())
+    return [source[int(i)] for i in indices]
+
+
+def _train_batch(
+    indices: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    source: Sequence[dict[str, Any]],
+    tokenizer: Tokenizer,
+    config: ConfigDict,
+) -> dict[str, np.ndarray]:
+    examples = [
+        train_preprocess(example, rng, tokenizer=tokenizer, config=config)
+        for example in _read_batch(source, indices)
+    ]
+    return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+
+
 def eval_image(image: np.ndarray, config: ConfigDict) -> np.ndarray:
     """Deterministic evaluation view: central square crop, resize, normalise."""
     box = image_ops.center_crop_box(image.shape[0], image.shape[1])
@@ -81,13 +103,17 @@ def train_iterator(
     """
     if len(source) < process_count:
         raise ValueError(f"a split of {len(source)} examples cannot feed {process_count} processes")
+    # Shuffle and batch example *indices*, then read and augment a whole batch at
+    # once; grain seeds each batch's generator from (seed, batch position).
     dataset = (
-        grain.MapDataset.source(source)
+        grain.MapDataset.range(len(source))
         .slice(slice(process_index, None, process_count))
         .shuffle(seed=seed)
         .repeat()
-        .random_map(partial(train_preprocess, tokenizer=tokenizer, config=config), seed=seed)
         .batch(batch_size, drop_remainder=True)
+        .random_map(
+            partial(_train_batch, source=source, tokenizer=tokenizer, config=config), seed=seed
+        )
     )
     read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2)
     return iter(dataset.to_iter_dataset(read_options))
@@ -106,7 +132,10 @@ def eval_batches(
     """
     transform = transform or partial(eval_image, config=config)
     for start in range(0, len(source), batch_size):
-        images = [transform(source[i]["image"]) for i in range(start, min(start + batch_size, len(source)))]
+        images = [
+            transform(source[i]["image"])
+            for i in range(start, min(start + batch_size, len(source)))
+        ]
         valid = len(images)
         images += [images[-1]] * (batch_size - valid)
         yield np.stack(images), valid

@@ -26,7 +26,10 @@ Encoder = Callable[[np.ndarray], Any]
 
 
 def embed_images(
-    encode_image: Encoder, source: Sequence[dict[str, Any]], data_config: ConfigDict, batch_size: int
+    encode_image: Encoder,
+    source: Sequence[dict[str, Any]],
+    data_config: ConfigDict,
+    batch_size: int,
 ) -> np.ndarray:
     """`[N, E]` embeddings of every image of `source`, in order."""
     chunks = [
@@ -36,9 +39,7 @@ def embed_images(
     return np.concatenate(chunks)
 
 
-def embed_texts(
-    encode_text: Encoder, tokens: np.ndarray, batch_size: int
-) -> np.ndarray:
+def embed_texts(encode_text: Encoder, tokens: np.ndarray, batch_size: int) -> np.ndarray:
     """`[M, E]` embeddings of `[M, L]` token rows, padding the last batch to `batch_size`."""
     chunks = []
     for start in range(0, len(tokens), batch_size):

@@ -6,7 +6,11 @@ One module covers the two layouts people load weights from:
 - OpenAI CLIP's `VisionTransformer`: patch conv without bias, `ln_pre` after the
   positional embedding, QuickGELU, LayerNorm eps 1e-5, `ln_post` on the class token.
 Pooling is the class token (`pool='cls'`) or the mean of the patch tokens
-(`pool='gap'`, timm's `global_pool='avg'`, no class token). With
+(`pool='gap'`, timm's `global_pool='avg'`, no class token). `stem='conv'`
+replaces the patchify convolution with the convolutional stem of Xiao et al.
+2021 ("Early Convolutions Help Transformers See Better"): log2(patch_size)
+3x3 stride-2 convolutions, then a 1x1 one; it learns shapes from few examples
+much faster (see BENCHMARKS.md). With
 `num_classes=0` the module returns the pooled, normalised features, which is
 how CLIP uses it as an image tower.
 
@@ -22,7 +26,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import linen as nn
 
-from jaxmm.models.layers import Encoder, layer_norm
+from jaxmm.models.layers import ACTIVATIONS, Encoder, layer_norm
 
 Dtype = Any
 
@@ -35,12 +39,47 @@ class VisionTransformer(nn.Module):
     mlp_dim: int
     num_classes: int = 1000
     pool: str = "cls"
+    stem: str = "patch"
     patch_bias: bool = True
     pre_norm: bool = False
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def _conv(self, features: int, kernel: int, stride: int, padding, bias: bool, name: str):
+        return nn.Conv(
+            features,
+            kernel_size=(kernel, kernel),
+            strides=(stride, stride),
+            padding=padding,
+            use_bias=bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), ("patch_h", "patch_w", "channels", "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name=name,
+        )
+
+    def _stem(self, images: jax.Array) -> jax.Array:
+        """`[B, H, W, 3]` -> `[B, H / P, W / P, D]` patch features."""
+        p = self.patch_size
+        if self.stem == "patch":
+            return self._conv(self.width, p, p, "VALID", self.patch_bias, "patch_embed")(images)
+        if self.stem != "conv":
+            raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
+        num_stages = p.bit_length() - 1
+        if p != 2**num_stages or p < 2:
+            raise ValueError(f"the conv stem needs a power-of-two patch size, got {p}")
+        x = images
+        for stage in range(num_stages):
+            # Channels double each stage and reach the model width at the last one.
+            features = self.width // 2 ** (num_stages - 1 - stage)
+            x = self._conv(features, 3, 2, ((1, 1), (1, 1)), True, f"stem_conv{stage}")(x)
+            x = ACTIVATIONS[self.activation](x)
+        return self._conv(self.width, 1, 1, "VALID", self.patch_bias, "patch_embed")(x)
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -54,20 +93,7 @@ class VisionTransformer(nn.Module):
             )
         ln = lambda name: layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
 
-        x = nn.Conv(
-            self.width,
-            kernel_size=(self.patch_size, self.patch_size),
-            strides=(self.patch_size, self.patch_size),
-            padding="VALID",
-            use_bias=self.patch_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("patch_h", "patch_w", "channels", "embed")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            name="patch_embed",
-        )(images.astype(self.dtype))
+        x = self._stem(images.astype(self.dtype))  # [B, H / P, W / P, D]
         x = rearrange(x, "b h w d -> b (h w) d")  # [B, N, D]
 
         if self.pool == "cls":

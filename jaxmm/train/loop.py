@@ -8,11 +8,13 @@ restored, so the resumed losses equal those of an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
@@ -55,10 +57,28 @@ def build_tokenizer(config: ConfigDict, builder, workdir: pathlib.Path) -> Token
     return tokenizer
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
 def build_model(config: ConfigDict, vocab_size: int) -> nn.Module:
-    """The CLIP model of `config.model`, its text vocabulary sized to the tokenizer."""
-    overrides = config.to_dict()
+    """The CLIP model of `config.model`, its text vocabulary sized to the tokenizer.
+
+    With `config.loss == "siglip"` the model gets SigLIP's learnable logit bias.
+
+    `dtype` (compute) and `param_dtype` may be given as names, e.g. `"bfloat16"`.
+    """
+    overrides = config.model.to_dict()
     name = overrides.pop("name")
+    if config.loss == "siglip":
+        # SigLIP's initial temperature and bias (Zhai et al. 2023, section 3.1): the
+        # bias keeps the many negative pairs from dominating the first steps.
+        overrides.setdefault("init_logit_scale", math.log(10.0))
+        overrides.setdefault("init_logit_bias", -10.0)
+    for key in ("dtype", "param_dtype"):
+        if key in overrides:
+            if overrides[key] not in DTYPES:
+                raise ValueError(f"model.{key}={overrides[key]!r}; choose from {sorted(DTYPES)}")
+            overrides[key] = DTYPES[overrides[key]]
     overrides["text"] = {**overrides.get("text", {}), "vocab_size": vocab_size}
     return create_model(name, **overrides)
 
@@ -94,12 +114,10 @@ def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax
 
 def evaluate(state, model, tokenizer, builder, config: ConfigDict, mesh: Mesh) -> dict[str, float]:
     """Zero-shot and retrieval metrics on `config.eval.split` with the current parameters."""
-    encode_image, encode_text = make_encoders(model)
-    batch_sharding = sharding.batch_sharding(mesh)
-    to_device = lambda x: jax.device_put(x, batch_sharding)
+    encode_image, encode_text = make_encoders(model, mesh)
     return evaluate_image_text(
-        lambda images: encode_image(state.params, to_device(images)),
-        lambda tokens: encode_text(state.params, to_device(tokens)),
+        lambda images: encode_image(state.params, images),
+        lambda tokens: encode_text(state.params, tokens),
         tokenizer,
         builder.as_data_source(config.eval.split),
         config.data,
@@ -120,7 +138,7 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
 
     builder = datasets.prepare_builder(config.data)
     tokenizer = build_tokenizer(config.tokenizer, builder, workdir)
-    model = build_model(config.model, tokenizer.vocab_size)
+    model = build_model(config, tokenizer.vocab_size)
     tx = make_optimizer(config.optim, config.total_steps)
     schedule = learning_rate_schedule(config.optim, config.total_steps)
 

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
+from jax.sharding import Mesh
 
-from jaxmm import losses
+from jaxmm import losses, sharding
 from jaxmm.models.clip import CLIPOutput
 from jaxmm.train.state import TrainState
 
@@ -61,7 +62,7 @@ def make_train_step(
             "loss": loss,
             "logit_scale": jnp.exp(params["logit_scale"]),
             "learning_rate": schedule(state.step),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "i2t_accuracy": i2t,
             "t2i_accuracy": t2i,
         }
@@ -71,8 +72,14 @@ def make_train_step(
     return train_step
 
 
-def make_encoders(model: nn.Module) -> tuple[Callable[..., jax.Array], Callable[..., jax.Array]]:
-    """Jitted `(params, images) -> embeddings` and `(params, tokens) -> embeddings`."""
+def make_encoders(
+    model: nn.Module, mesh: Mesh
+) -> tuple[Callable[..., jax.Array], Callable[..., jax.Array]]:
+    """Jitted `(params, images) -> embeddings` and `(params, tokens) -> embeddings`.
+
+    Inputs are split over the mesh's batch axes; the embeddings come back replicated,
+    so every process (of a multi-host run too) can read them whole.
+    """
 
     def encode_image(params: Any, images: jax.Array) -> jax.Array:
         return model.apply({"params": params}, images, method=model.encode_image)
@@ -80,4 +87,7 @@ def make_encoders(model: nn.Module) -> tuple[Callable[..., jax.Array], Callable[
     def encode_text(params: Any, tokens: jax.Array) -> jax.Array:
         return model.apply({"params": params}, tokens, method=model.encode_text)
 
-    return jax.jit(encode_image), jax.jit(encode_text)
+    shard_batch = dict(
+        in_shardings=(None, sharding.batch_sharding(mesh)), out_shardings=sharding.replicated(mesh)
+    )
+    return jax.jit(encode_image, **shard_batch), jax.jit(encode_text, **shard_batch)

@@ -97,3 +97,20 @@ def test_activations_match_their_definitions():
 
     np.testing.assert_allclose(gelu_exact(x), 0.5 * x * (1 + erf(x / np.sqrt(2))), atol=1e-6)
     np.testing.assert_allclose(quick_gelu(x), x / (1 + np.exp(-1.702 * x)), atol=1e-6)
+
+
+def test_conv_stem_downsamples_by_the_patch_size():
+    model = create_model("vit_test", stem="conv", num_classes=0)  # patch 8: three stride-2 convs
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
+    params = variables["params"]
+    assert [k for k in params if k.startswith("stem_conv")] == [
+        "stem_conv0",
+        "stem_conv1",
+        "stem_conv2",
+    ]
+    assert nn.unbox(params["pos_embed"]).shape == (1, 1 + 16, 32)  # class token + 4x4 patches
+    chex.assert_shape(model.apply(variables, jnp.ones((2, 32, 32, 3))), (2, 32))
+    with pytest.raises(ValueError, match="power-of-two patch size"):
+        create_model("vit_test", stem="conv", patch_size=6).init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 36, 36, 3))
+        )

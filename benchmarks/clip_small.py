@@ -1,0 +1,72 @@
+"""Benchmark of the default job: wall time and zero-shot accuracy of configs/clip_small.py.
+
+    python benchmarks/clip_small.py [--fresh_data] [--out=benchmarks/results/clip_small.json]
+
+Runs the default config end to end in a fresh workdir (dataset generation too,
+with --fresh_data), prints a table and writes JSON with the machine, the date and
+the software versions. Timings are reported, never asserted.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import jaxmm.train  # noqa: E402
+from configs import clip_small  # noqa: E402
+
+flags.DEFINE_bool("fresh_data", False, "Generate the dataset into a fresh data_dir (timed).")
+flags.DEFINE_string("out", "benchmarks/results/clip_small.json", "Where to write the JSON.")
+flags.DEFINE_string("builder_config", "", "Override data.builder_config (experiments).")
+FLAGS = flags.FLAGS
+
+TARGETS = {"zeroshot/top1": 0.90, "zeroshot/heldout_top1": 0.85}
+
+
+def main(argv):
+    del argv
+    config = clip_small.get_config()
+    config.progress_bar = False
+    if FLAGS.builder_config:
+        config.data.builder_config = FLAGS.builder_config
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="jaxmm_bench_"))
+    if FLAGS.fresh_data:
+        config.data.data_dir = str(scratch / "tfds")
+    start = time.perf_counter()
+    metrics = jaxmm.train.run(config, scratch / "workdir")
+    wall = time.perf_counter() - start
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    result = {
+        "benchmark": "clip_small default job",
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "device": str(jax.devices()[0].device_kind),
+        "versions": {"jax": jax.__version__, "python": platform.python_version()},
+        "fresh_data": FLAGS.fresh_data,
+        "builder_config": config.data.builder_config,
+        "wall_seconds": round(wall, 1),
+        "metrics": metrics,
+    }
+    print(f"\n{'metric':32s} {'value':>8s} {'target':>8s}")
+    print(f"{'wall time (s)':32s} {wall:8.1f} {'<= 600':>8s}")
+    for key, value in sorted(metrics.items()):
+        target = f">= {TARGETS[key]:.2f}" if key in TARGETS else ""
+        print(f"{key:32s} {value:8.4f} {target:>8s}")
+    out = pathlib.Path(FLAGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
