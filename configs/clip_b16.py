@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         image_size=224,
         context_length=77,
         crop_scale=(0.9, 1.0),
+        crop_ratio=(3 / 4, 4 / 3),
         flip=False,  # captions may say "left" and "right"
         mean=CLIP_MEAN,
         std=CLIP_STD,

@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
     config.batch_size = 256
-    config.total_steps = 1100
+    config.total_steps = 800
     config.loss = "infonce"  # or "siglip" (adds the learnable logit bias)
     config.mesh = dict(data=-1, fsdp=1, model=1)
 
@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         image_size=32,
         context_length=32,
         crop_scale=(0.7, 1.0),
+        crop_ratio=(3 / 4, 4 / 3),
         flip=True,
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),

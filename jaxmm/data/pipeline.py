@@ -41,7 +41,7 @@ def train_preprocess(
     """One training example: random-resized crop, optional flip, one random caption."""
     image = example["image"]
     box = image_ops.random_resized_crop_box(
-        rng, image.shape[0], image.shape[1], tuple(config.crop_scale)
+        rng, image.shape[0], image.shape[1], tuple(config.crop_scale), tuple(config.crop_ratio)
     )
     image = image_ops.crop_resize(image, box, config.image_size)
     if config.flip and rng.random() < 0.5:
