@@ -27,7 +27,7 @@ from jaxmm.data.image_ops import CLIP_MEAN, CLIP_STD
 def get_config(arg: str | None = None) -> ConfigDict:
     config = clip_small.get_config()
     config.batch_size = 128
-    config.total_steps = 1000
+    config.total_steps = 300
     config.data.name = "image_caption_file"
     config.data.builder_config = ""
     config.data.builder_kwargs = dict(

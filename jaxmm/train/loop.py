@@ -112,12 +112,12 @@ def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax
     }
 
 
-def evaluate(state, model, tokenizer, builder, config: ConfigDict, mesh: Mesh) -> dict[str, float]:
-    """Zero-shot and retrieval metrics on `config.eval.split` with the current parameters."""
-    encode_image, encode_text = make_encoders(model, mesh)
+def evaluate(params, encoders, tokenizer, builder, config: ConfigDict) -> dict[str, float]:
+    """Zero-shot and retrieval metrics on `config.eval.split` with `params`."""
+    encode_image, encode_text = encoders
     return evaluate_image_text(
-        lambda images: encode_image(state.params, images),
-        lambda tokens: encode_text(state.params, tokens),
+        lambda images: encode_image(params, images),
+        lambda tokens: encode_text(params, tokens),
         tokenizer,
         builder.as_data_source(config.eval.split),
         config.data,
@@ -177,6 +177,7 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
+    encoders = make_encoders(model, mesh)
     writer = MetricWriter(workdir)
     progress = tqdm.tqdm(
         total=config.total_steps,
@@ -185,7 +186,6 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         disable=jax.process_index() != 0 or not config.progress_bar,
         dynamic_ncols=True,
     )
-    eval_metrics: dict[str, float] = {}
     last_time, last_step = time.perf_counter(), start_step
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
         for step in range(start_step + 1, config.total_steps + 1):
@@ -204,11 +204,11 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 checkpointer.save(step, state, train_iter.get_state())
             if config.eval.every and step % config.eval.every == 0 and step < config.total_steps:
-                writer.write(step, evaluate(state, model, tokenizer, builder, config, mesh))
+                writer.write(step, evaluate(state.params, encoders, tokenizer, builder, config))
                 last_time = time.perf_counter()  # evaluation time is not training throughput
         progress.close()
         checkpointer.close()
-        eval_metrics = evaluate(state, model, tokenizer, builder, config, mesh)
+        eval_metrics = evaluate(state.params, encoders, tokenizer, builder, config)
     writer.write(config.total_steps, eval_metrics)
     writer.close()
     if jax.process_index() == 0:
