@@ -45,16 +45,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     )
     config.tokenizer = dict(kind="clip", vocab_size=49408, merges_path="", train_on_examples=0)
     config.model = dict(name="clip_vit_b16", dtype="bfloat16", image={}, text={})
-    config.optim = dict(
-        learning_rate=5e-4,
-        warmup_steps=2000,
-        end_factor=0.0,
-        b1=0.9,
-        b2=0.98,
-        eps=1e-6,
-        weight_decay=0.2,
-        grad_clip_norm=1.0,
-    )
+    # AdamW betas, eps and clipping as in clip_small (the paper's values).
+    config.optim.learning_rate = 5e-4
+    config.optim.warmup_steps = 2000
+    config.optim.weight_decay = 0.2
     config.log_every = 100
     config.checkpoint_every = 2000
     config.keep_checkpoints = 3

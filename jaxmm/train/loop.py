@@ -191,6 +191,9 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = _global_batch(next(train_iter), batch_sharding)
             state, metrics = train_step(state, batch)
+            # Wait for the step so that the progress bar shows real progress rather than
+            # asynchronous dispatch; grain keeps preparing the next batches meanwhile.
+            jax.block_until_ready(metrics["loss"])
             progress.update()
             if step % config.log_every == 0 or step == config.total_steps:
                 metrics = jax.device_get(metrics)
