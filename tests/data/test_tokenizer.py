@@ -200,7 +200,12 @@ def test_clip_matches_open_clip_when_installed(clip_tok, captions):
         "open_clip.tokenizer", reason="open_clip not installed; the reference BPE test covers it"
     )
     ref = open_clip_tokenizer.SimpleTokenizer()
-    texts = captions[:500] + ODD_STRINGS
+    # open_clip 3.x no longer turns a literal "<|endoftext|>" inside a caption into the
+    # EOT id, as OpenAI's tokenizer (and ours, checked above against it) does; those
+    # strings are compared with the OpenAI reference only.
+    odd = [t for t in ODD_STRINGS if "<|" not in t.lower()]
+    assert len(odd) < len(ODD_STRINGS)
+    texts = captions[:2000] + odd
     for text in texts:
         assert clip_tok.encode(text) == ref.encode(text), repr(text)
     np.testing.assert_array_equal(clip_tok(texts), open_clip_tokenizer.tokenize(texts).numpy())

@@ -1,0 +1,227 @@
+"""PyTorch <-> Flax weight conversion: `from_torch`, `to_torch` and `load_state_dict`.
+
+Each source layout lives in its own module (`timm.py` for ViT) and exposes
+`key_map(model)`: PyTorch key -> (Flax parameter path, `Transform`), plus
+`example_input(model, torch_shapes)`: an input shape for `jax.eval_shape(model.init, ...)`.
+This module does the generic part: it derives the expected shapes on both sides from the
+Flax model itself (no hand-written shape tables to drift), checks a checkpoint against them
+and reports every missing, unexpected and mis-shaped key at once, then converts.
+
+Torch is imported only inside functions, so jaxmm runs without it; state dicts may hold
+torch tensors or numpy arrays.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from jaxmm.convert import timm
+from jaxmm.models import create_model
+from jaxmm.models.vit import VIT_VARIANTS
+
+# Registry name -> the module holding its PyTorch layout (DESIGN.md section 2 names the sources).
+_CONVERTERS: dict[str, ModuleType] = {name: timm for name in VIT_VARIANTS}
+
+
+def _converter(name: str) -> ModuleType:
+    if name not in _CONVERTERS:
+        raise KeyError(
+            f"no PyTorch conversion for {name!r}; supported: {', '.join(sorted(_CONVERTERS))}"
+        )
+    return _CONVERTERS[name]
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A float32 numpy copy of a torch tensor, jax array or numpy array."""
+    if hasattr(value, "detach"):  # a torch tensor; `.float()` because numpy has no bfloat16
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _flax_shapes(model: nn.Module, example: jax.ShapeDtypeStruct) -> dict[tuple[str, ...], tuple]:
+    """Flat Flax parameter path -> shape, from an abstract `init` (no FLOPs, no memory)."""
+    abstract = jax.eval_shape(
+        lambda: nn.unbox(model.init(jax.random.PRNGKey(0), jax.numpy.zeros(example.shape)))
+    )
+    return {
+        path: tuple(leaf.shape)
+        for path, leaf in traverse_util.flatten_dict(abstract["params"]).items()
+    }
+
+
+def _check_key_map(name: str, mapping: Mapping[str, Any], flax_shapes: Mapping) -> None:
+    # A converter that misses a parameter would silently leave it untrained; fail loudly.
+    mapped = {path for path, _ in mapping.values()}
+    if mapped != set(flax_shapes):
+        raise RuntimeError(
+            f"{name}: converter key map out of sync with the model; unmapped Flax parameters "
+            f"{sorted('/'.join(p) for p in set(flax_shapes) - mapped)}, mapped to nothing "
+            f"{sorted('/'.join(p) for p in mapped - set(flax_shapes))}"
+        )
+
+
+def _mismatch_error(
+    what: str, expected: Mapping[str, tuple], given: Mapping[str, tuple]
+) -> ValueError | None:
+    """A `ValueError` listing missing, unexpected and mis-shaped keys, or None when all match."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    misshaped = sorted(
+        f"{key}: expected {expected[key]}, got {given[key]}"
+        for key in set(expected) & set(given)
+        if tuple(expected[key]) != tuple(given[key])
+    )
+    if not (missing or unexpected or misshaped):
+        return None
+    lines = [f"{what} does not match the model:"]
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("mis-shaped keys", misshaped),
+    ):
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    {item}" for item in items)
+    lines.append("  (pass model overrides such as num_classes=... if the checkpoint differs)")
+    return ValueError("\n".join(lines))
+
+
+def from_torch(name: str, state_dict: Mapping[str, Any], **model_overrides: Any) -> dict:
+    """Converts a PyTorch state dict to Flax variables for the registry model `name`.
+
+    Args:
+        name: a registry name, e.g. `'vit_b16'`.
+        state_dict: PyTorch key -> torch tensor or numpy array (e.g. `model.state_dict()`).
+        **model_overrides: forwarded to `create_model`, for checkpoints whose config differs
+            from the registry entry (e.g. `num_classes=10`).
+
+    Returns:
+        `{'params': nested dict}` of float32 numpy arrays, usable with `model.apply`.
+
+    Raises:
+        ValueError: keys are missing, unexpected or mis-shaped (all listed at once).
+        KeyError: `name` has no converter.
+    """
+    converter = _converter(name)
+    model = create_model(name, **model_overrides)
+    arrays = {
+        key: _to_numpy(value)
+        for key, value in state_dict.items()
+        # BatchNorm's step counter has no Flax counterpart.
+        if not key.endswith("num_batches_tracked")
+    }
+    given = {key: array.shape for key, array in arrays.items()}
+    mapping = converter.key_map(model)
+    flax_shapes = _flax_shapes(model, converter.example_input(model, given))
+    _check_key_map(name, mapping, flax_shapes)
+    expected = {
+        key: jax.eval_shape(
+            transform.to_torch, jax.ShapeDtypeStruct(flax_shapes[path], np.float32)
+        ).shape
+        for key, (path, transform) in mapping.items()
+    }
+    error = _mismatch_error(f"state dict for {name}", expected, given)
+    if error is not None:
+        raise error
+    params = {
+        # A fresh C-ordered copy: `Tensor.numpy()` shares memory with the torch parameter.
+        path: np.array(transform.to_flax(arrays[key], flax_shapes[path]), order="C")
+        for key, (path, transform) in mapping.items()
+    }
+    return {"params": traverse_util.unflatten_dict(params)}
+
+
+def to_torch(name: str, variables: Mapping[str, Any], **model_overrides: Any) -> dict:
+    """Converts Flax variables of the registry model `name` to a PyTorch state dict.
+
+    Args:
+        name: a registry name, e.g. `'vit_b16'`.
+        variables: `{'params': ...}` as returned by `model.init` (boxed or not) or `from_torch`.
+        **model_overrides: forwarded to `create_model`, as in `from_torch`.
+
+    Returns:
+        PyTorch key -> float32 numpy array; `torch.from_numpy` each value (or pass the dict to
+        `load_state_dict` after wrapping) to load it into the reference model.
+
+    Raises:
+        ValueError: parameters are missing, unexpected or mis-shaped (all listed at once).
+    """
+    converter = _converter(name)
+    model = create_model(name, **model_overrides)
+    variables = nn.unbox(variables)
+    if "params" not in variables:
+        raise ValueError(f"expected variables with a 'params' collection, got {list(variables)}")
+    arrays = {
+        path: _to_numpy(leaf)
+        for path, leaf in traverse_util.flatten_dict(dict(variables["params"])).items()
+    }
+    mapping = converter.key_map(model)
+    # The example input depends on PyTorch-side shapes (pos_embed); derive them from what was
+    # given, skipping entries too malformed to transform (the check below reports those).
+    given_torch = {}
+    for key, (path, transform) in mapping.items():
+        if path in arrays:
+            try:
+                given_torch[key] = transform.to_torch(arrays[path]).shape
+            except Exception:  # any malformed shape is reported by the check below
+                pass
+    flax_shapes = _flax_shapes(model, converter.example_input(model, given_torch))
+    _check_key_map(name, mapping, flax_shapes)
+    error = _mismatch_error(
+        f"variables for {name}",
+        {"/".join(path): shape for path, shape in flax_shapes.items()},
+        {"/".join(path): array.shape for path, array in arrays.items()},
+    )
+    if error is not None:
+        raise error
+    return {
+        # A fresh, writable C-ordered copy: `torch.from_numpy` rejects read-only jax buffers.
+        key: np.array(transform.to_torch(arrays[path]), order="C")
+        for key, (path, transform) in mapping.items()
+    }
+
+
+def load_state_dict(path: str | pathlib.Path) -> dict[str, Any]:
+    """Reads a PyTorch checkpoint: `.pth`/`.pt`/`.bin` (torch) or `.safetensors`.
+
+    Torch checkpoints are loaded with `weights_only=True` onto the CPU; a top-level
+    `state_dict` or `model` entry (training checkpoints) is unwrapped.
+
+    Raises:
+        ImportError: the package the format needs (torch or safetensors) is not installed.
+        ValueError: the file extension is not recognised.
+    """
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as err:
+            raise ImportError(
+                f"reading {path.name} needs the 'safetensors' package: pip install safetensors"
+            ) from err
+        return dict(load_file(str(path)))
+    if path.suffix in (".pth", ".pt", ".bin"):
+        try:
+            import torch
+        except ImportError as err:
+            raise ImportError(
+                f"reading {path.name} needs the 'torch' package: pip install 'jaxmm[parity]'"
+            ) from err
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        for wrapper in ("state_dict", "model"):
+            if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(wrapper), Mapping):
+                checkpoint = checkpoint[wrapper]
+                break
+        return dict(checkpoint)
+    raise ValueError(f"unknown checkpoint format {path.suffix!r}; use .pth, .pt or .safetensors")
