@@ -13,10 +13,14 @@ import os
 import pathlib
 import platform
 import shutil
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# The configs live beside jaxmm at the repository root, not in the package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
