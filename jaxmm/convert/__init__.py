@@ -1,7 +1,8 @@
 """PyTorch <-> Flax weight conversion: `from_torch`, `to_torch` and `load_state_dict`.
 
-Each source layout lives in its own module (`timm.py` for ViT) and exposes
-`key_map(model)`: PyTorch key -> (Flax parameter path, `Transform`), plus
+Each source layout lives in its own module (`timm.py` for ViT, `torchvision.py` for ResNet;
+shared transforms in `layout.py`) and exposes `key_map(model)`: PyTorch key -> (Flax variable
+path, `Transform`), the path starting with its collection (`'params'` or `'batch_stats'`), plus
 `example_input(model, torch_shapes)`: an input shape for `jax.eval_shape(model.init, ...)`.
 This module does the generic part: it derives the expected shapes on both sides from the
 Flax model itself (no hand-written shape tables to drift), checks a checkpoint against them
@@ -23,12 +24,21 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from jaxmm.convert import timm
+from jaxmm.convert import timm, torchvision
 from jaxmm.models import create_model
+from jaxmm.models.resnet import RESNET_VARIANTS
 from jaxmm.models.vit import VIT_VARIANTS
 
 # Registry name -> the module holding its PyTorch layout (DESIGN.md section 2 names the sources).
-_CONVERTERS: dict[str, ModuleType] = {name: timm for name in VIT_VARIANTS}
+_CONVERTERS: dict[str, ModuleType] = {
+    **{name: timm for name in VIT_VARIANTS},
+    **{name: torchvision for name in RESNET_VARIANTS},
+}
+# torch's BatchNorm step counter: Flax has none, so `from_torch` drops it and `to_torch`
+# writes 0 next to every `running_mean` (strict `load_state_dict` wants the key).
+_COUNTER = "num_batches_tracked"
+# The Flax collections a PyTorch state dict maps to: parameters and BatchNorm running stats.
+_COLLECTIONS = ("params", "batch_stats")
 
 
 def _converter(name: str) -> ModuleType:
@@ -50,13 +60,17 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _flax_shapes(model: nn.Module, example: jax.ShapeDtypeStruct) -> dict[tuple[str, ...], tuple]:
-    """Flat Flax parameter path -> shape, from an abstract `init` (no FLOPs, no memory)."""
+    """Flat Flax variable path `(collection, ...)` -> shape, from an abstract `init`.
+
+    `jax.eval_shape` traces without FLOPs or memory.
+    """
     abstract = jax.eval_shape(
         lambda: nn.unbox(model.init(jax.random.PRNGKey(0), jax.numpy.zeros(example.shape)))
     )
     return {
         path: tuple(leaf.shape)
-        for path, leaf in traverse_util.flatten_dict(abstract["params"]).items()
+        for path, leaf in traverse_util.flatten_dict(dict(abstract)).items()
+        if path[0] in _COLLECTIONS
     }
 
 
@@ -107,7 +121,9 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_overrides: Any)
             from the registry entry (e.g. `num_classes=10`).
 
     Returns:
-        `{'params': nested dict}` of float32 numpy arrays, usable with `model.apply`.
+        `{'params': ..., 'batch_stats': ...}` (only the collections the model has) of nested
+        dicts of float32 numpy arrays, usable with `model.apply`. BatchNorm's
+        `num_batches_tracked` is dropped: Flax keeps no step counter.
 
     Raises:
         ValueError: keys are missing, unexpected or mis-shaped (all listed at once).
@@ -119,7 +135,7 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_overrides: Any)
         key: _to_numpy(value)
         for key, value in state_dict.items()
         # BatchNorm's step counter has no Flax counterpart.
-        if not key.endswith("num_batches_tracked")
+        if not key.endswith(_COUNTER)
     }
     given = {key: array.shape for key, array in arrays.items()}
     mapping = converter.key_map(model)
@@ -134,12 +150,12 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_overrides: Any)
     error = _mismatch_error(f"state dict for {name}", expected, given)
     if error is not None:
         raise error
-    params = {
+    variables = {
         # A fresh C-ordered copy: `Tensor.numpy()` shares memory with the torch parameter.
         path: np.array(transform.to_flax(arrays[key], flax_shapes[path]), order="C")
         for key, (path, transform) in mapping.items()
     }
-    return {"params": traverse_util.unflatten_dict(params)}
+    return traverse_util.unflatten_dict(variables)
 
 
 def to_torch(name: str, variables: Mapping[str, Any], **model_overrides: Any) -> dict:
@@ -147,12 +163,15 @@ def to_torch(name: str, variables: Mapping[str, Any], **model_overrides: Any) ->
 
     Args:
         name: a registry name, e.g. `'vit_b16'`.
-        variables: `{'params': ...}` as returned by `model.init` (boxed or not) or `from_torch`.
+        variables: `{'params': ...}` plus `'batch_stats'` for models with BatchNorm, as returned
+            by `model.init` (boxed or not) or `from_torch`; other collections are ignored.
         **model_overrides: forwarded to `create_model`, as in `from_torch`.
 
     Returns:
         PyTorch key -> float32 numpy array; `torch.from_numpy` each value (or pass the dict to
-        `load_state_dict` after wrapping) to load it into the reference model.
+        `load_state_dict` after wrapping) to load it into the reference model. BatchNorm layers
+        also get `num_batches_tracked` = 0 (int64), which Flax does not track, so a
+        `from_torch` -> `to_torch` round trip is exact except for those counters.
 
     Raises:
         ValueError: parameters are missing, unexpected or mis-shaped (all listed at once).
@@ -164,7 +183,9 @@ def to_torch(name: str, variables: Mapping[str, Any], **model_overrides: Any) ->
         raise ValueError(f"expected variables with a 'params' collection, got {list(variables)}")
     arrays = {
         path: _to_numpy(leaf)
-        for path, leaf in traverse_util.flatten_dict(dict(variables["params"])).items()
+        for path, leaf in traverse_util.flatten_dict(
+            {c: dict(variables[c]) for c in _COLLECTIONS if c in variables}
+        ).items()
     }
     mapping = converter.key_map(model)
     # The example input depends on PyTorch-side shapes (pos_embed); derive them from what was
@@ -185,11 +206,13 @@ def to_torch(name: str, variables: Mapping[str, Any], **model_overrides: Any) ->
     )
     if error is not None:
         raise error
-    return {
+    state_dict = {}
+    for key, (path, transform) in mapping.items():
         # A fresh, writable C-ordered copy: `torch.from_numpy` rejects read-only jax buffers.
-        key: np.array(transform.to_torch(arrays[path]), order="C")
-        for key, (path, transform) in mapping.items()
-    }
+        state_dict[key] = np.array(transform.to_torch(arrays[path]), order="C")
+        if key.endswith(".running_mean"):
+            state_dict[key.removesuffix("running_mean") + _COUNTER] = np.array(0, np.int64)
+    return state_dict
 
 
 def load_state_dict(path: str | pathlib.Path) -> dict[str, Any]:

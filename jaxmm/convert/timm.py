@@ -26,36 +26,14 @@ q/k norm, `global_pool='map'`) and jaxmm's convolutional stem, which timm has no
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-Array = Any  # numpy array, or a jax tracer while shapes are worked out with `jax.eval_shape`
-Shape = tuple[int, ...]
-FlaxPath = tuple[str, ...]
+from jaxmm.convert.layout import CONV, IDENTITY, KeyMap, Shape, Transform, layer_norm, linear
 
-
-class Transform(NamedTuple):
-    """How one tensor changes layout between PyTorch and Flax.
-
-    `to_flax(array, flax_shape)` takes the target shape so that split axes (heads) need no
-    model config; `to_torch(array)` depends on its input alone, so expected PyTorch shapes can
-    be derived from the Flax model with `jax.eval_shape`. Both only transpose and reshape, so a
-    round trip is bit-exact.
-    """
-
-    to_flax: Callable[[Array, Shape], Array]
-    to_torch: Callable[[Array], Array]
-
-
-IDENTITY = Transform(lambda a, shape: a, lambda a: a)
-# Linear weight [out, in] <-> Dense kernel [in, out].
-LINEAR = Transform(lambda a, shape: a.T, lambda a: a.T)
-# Conv2d weight OIHW <-> nn.Conv kernel HWIO.
-CONV = Transform(lambda a, shape: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))
 # Fused qkv weight [3 H Dh, D] <-> kernel [D, 3, H, Dh]; timm's output features run (qkv, h, d).
 QKV_KERNEL = Transform(
     lambda a, shape: rearrange(a, "(three h d) e -> e three h d", three=3, h=shape[2]),
@@ -72,22 +50,6 @@ OUT_KERNEL = Transform(
     lambda a: rearrange(a, "h d e -> e (h d)"),
 )
 
-KeyMap = dict[str, tuple[FlaxPath, Transform]]
-
-
-def _layer_norm(torch_prefix: str, flax_path: FlaxPath) -> KeyMap:
-    return {
-        f"{torch_prefix}.weight": ((*flax_path, "scale"), IDENTITY),
-        f"{torch_prefix}.bias": ((*flax_path, "bias"), IDENTITY),
-    }
-
-
-def _linear(torch_prefix: str, flax_path: FlaxPath, kernel: Transform = LINEAR) -> KeyMap:
-    return {
-        f"{torch_prefix}.weight": ((*flax_path, "kernel"), kernel),
-        f"{torch_prefix}.bias": ((*flax_path, "bias"), IDENTITY),
-    }
-
 
 def key_map(model: Any) -> KeyMap:
     """Maps every timm state-dict key of `model`'s layout to its Flax path and transform.
@@ -96,31 +58,31 @@ def key_map(model: Any) -> KeyMap:
         model: a `jaxmm.models.vit.VisionTransformer` (only its config is read).
 
     Raises:
-        NotImplementedError: the model uses a part timm's `VisionTransformer` lacks.
+        ValueError: the model uses a part timm's `VisionTransformer` lacks.
     """
     if model.stem != "patch":
-        raise NotImplementedError(f"timm has no weights for stem={model.stem!r}")
-    mapping: KeyMap = {"patch_embed.proj.weight": (("patch_embed", "kernel"), CONV)}
+        raise ValueError(f"timm has no weights for stem={model.stem!r}")
+    mapping: KeyMap = {"patch_embed.proj.weight": (("params", "patch_embed", "kernel"), CONV)}
     if model.patch_bias:
-        mapping["patch_embed.proj.bias"] = (("patch_embed", "bias"), IDENTITY)
+        mapping["patch_embed.proj.bias"] = (("params", "patch_embed", "bias"), IDENTITY)
     if model.pool == "cls":
-        mapping["cls_token"] = (("cls_token",), IDENTITY)
-    mapping["pos_embed"] = (("pos_embed",), IDENTITY)
+        mapping["cls_token"] = (("params", "cls_token"), IDENTITY)
+    mapping["pos_embed"] = (("params", "pos_embed"), IDENTITY)
     if model.pre_norm:
-        mapping.update(_layer_norm("norm_pre", ("ln_pre",)))
+        mapping.update(layer_norm("norm_pre", ("ln_pre",)))
     for i in range(model.depth):
         src, dst = f"blocks.{i}", ("encoder", f"block_{i}")
-        mapping.update(_layer_norm(f"{src}.norm1", (*dst, "ln_1")))
-        mapping[f"{src}.attn.qkv.weight"] = ((*dst, "attn", "qkv", "kernel"), QKV_KERNEL)
-        mapping[f"{src}.attn.qkv.bias"] = ((*dst, "attn", "qkv", "bias"), QKV_BIAS)
-        mapping.update(_linear(f"{src}.attn.proj", (*dst, "attn", "out"), OUT_KERNEL))
-        mapping.update(_layer_norm(f"{src}.norm2", (*dst, "ln_2")))
-        mapping.update(_linear(f"{src}.mlp.fc1", (*dst, "mlp", "fc1")))
-        mapping.update(_linear(f"{src}.mlp.fc2", (*dst, "mlp", "fc2")))
+        mapping.update(layer_norm(f"{src}.norm1", (*dst, "ln_1")))
+        mapping[f"{src}.attn.qkv.weight"] = (("params", *dst, "attn", "qkv", "kernel"), QKV_KERNEL)
+        mapping[f"{src}.attn.qkv.bias"] = (("params", *dst, "attn", "qkv", "bias"), QKV_BIAS)
+        mapping.update(linear(f"{src}.attn.proj", (*dst, "attn", "out"), OUT_KERNEL))
+        mapping.update(layer_norm(f"{src}.norm2", (*dst, "ln_2")))
+        mapping.update(linear(f"{src}.mlp.fc1", (*dst, "mlp", "fc1")))
+        mapping.update(linear(f"{src}.mlp.fc2", (*dst, "mlp", "fc2")))
     # timm's global_pool='avg' swaps `norm` for `fc_norm` after pooling (see module docstring).
-    mapping.update(_layer_norm("norm" if model.pool == "cls" else "fc_norm", ("norm",)))
+    mapping.update(layer_norm("norm" if model.pool == "cls" else "fc_norm", ("norm",)))
     if model.num_classes:
-        mapping.update(_linear("head", ("head",)))
+        mapping.update(linear("head", ("head",)))
     return mapping
 
 

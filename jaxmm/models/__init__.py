@@ -15,12 +15,14 @@ from typing import Any
 from flax import linen as nn
 
 from jaxmm.models.clip import CLIP, CLIP_VARIANTS
+from jaxmm.models.resnet import RESNET_VARIANTS, ResNet
 from jaxmm.models.text import TEXT_VARIANTS, TextTransformer
 from jaxmm.models.vit import VIT_VARIANTS, VisionTransformer
 
 _FAMILIES: dict[str, tuple[type[nn.Module], Mapping[str, dict[str, Any]]]] = {
     "vit": (VisionTransformer, VIT_VARIANTS),
     "text": (TextTransformer, TEXT_VARIANTS),
+    "resnet": (ResNet, RESNET_VARIANTS),
 }
 _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     name: (module, row) for module, table in _FAMILIES.values() for name, row in table.items()

@@ -51,10 +51,12 @@ def test_tiny_variant_shapes_finite_and_jit(name):
 def test_tiny_variant_gradient_is_finite_and_nonzero(name):
     model = create_model(name)
     inputs = _inputs(name)
-    params = nn.unbox(model.init(jax.random.PRNGKey(1), *inputs))["params"]
+    variables = nn.unbox(model.init(jax.random.PRNGKey(1), *inputs))
+    params = variables["params"]
 
     def loss(p):
-        out = model.apply({"params": p}, *inputs)
+        # Other collections (BatchNorm statistics) ride along unchanged.
+        out = model.apply({**variables, "params": p}, *inputs)
         leaves = jax.tree.leaves(out)
         return sum(jnp.sum(jnp.sin(x)) for x in leaves)
 

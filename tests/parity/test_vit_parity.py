@@ -116,7 +116,9 @@ def test_mismatched_state_dict_lists_every_problem():
 def test_to_torch_rejects_mismatched_variables():
     params = from_torch("vit_test", tiny_timm_vit().state_dict())["params"]
     del params["head"]
-    with pytest.raises(ValueError, match=r"missing keys \(2\):\n    head/bias\n    head/kernel"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \(2\):\n    params/head/bias\n    params/head/kernel"
+    ):
         to_torch("vit_test", {"params": params})
     # The same variables are right for a feature extractor without a head.
     assert "head.weight" not in to_torch("vit_test", {"params": params}, num_classes=0)
