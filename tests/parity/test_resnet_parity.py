@@ -31,30 +31,10 @@ torchvision = pytest.importorskip(
 from jaxmm.convert import from_torch, to_torch  # noqa: E402
 from jaxmm.convert import torchvision as torchvision_layout  # noqa: E402
 from jaxmm.models import create_model  # noqa: E402
+from tests.parity.reference import randomise_, relative_error  # noqa: E402
 
 # torchvision's BasicBlock ResNet with one block per stage; jaxmm builds it from `resnet18`.
 TINY = dict(stage_sizes=(1, 1, 1, 1), num_classes=10)
-
-
-def relative_error(actual, expected) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
-
-
-def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Adds noise to every parameter and randomises BatchNorm statistics, in place."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            # 1-D tensors (BatchNorm scale/bias, fc bias) init to constants; shift them clearly.
-            scale = 0.1 if param.ndim == 1 else 0.02
-            param.add_(scale * torch.randn(param.shape, generator=generator))
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                shape = module.running_mean.shape
-                module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
-                module.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=generator))
-    return model.eval()
 
 
 def tiny_torchvision_resnet(num_classes: int = 10) -> torch.nn.Module:

@@ -22,22 +22,7 @@ timm = pytest.importorskip("timm", reason="parity tests need timm: pip install '
 
 from jaxmm.convert import from_torch, load_state_dict, to_torch  # noqa: E402
 from jaxmm.models import create_model  # noqa: E402
-
-
-def relative_error(actual, expected) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
-
-
-def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Adds noise to every parameter in place, so no weight keeps its structured init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            # 1-D tensors (LayerNorm scale/bias, biases) init to constants; shift them clearly.
-            scale = 0.1 if param.ndim == 1 else 0.02
-            param.add_(scale * torch.randn(param.shape, generator=generator))
-    return model.eval()
+from tests.parity.reference import randomise_, relative_error  # noqa: E402
 
 
 def tiny_timm_vit(**kwargs) -> torch.nn.Module:
