@@ -214,3 +214,56 @@ class Encoder(nn.Module):
                 name=f"block_{index}",
             )(x, mask)
         return x
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over `[B, H, W, C]` with PyTorch's running-statistics rule.
+
+    Train mode normalises with the biased batch variance and folds the *unbiased* one
+    (times n / (n - 1), n = B * H * W) into `batch_stats/var`, exactly as `torch.nn.BatchNorm2d`;
+    eval mode uses `batch_stats/mean` and `batch_stats/var`. Statistics are computed in float32
+    (float64 when `dtype` is float64): bfloat16 sums over B * H * W values would lose them.
+
+    Under `jit` with the batch sharded over devices, the means below are global reductions, so
+    the statistics are synchronised across devices (SyncBatchNorm) with no extra code: XLA
+    inserts the all-reduce. Works for any `[B, ..., C]` input (the last axis is the channel).
+    """
+
+    momentum: float = 0.9  # decay of the running average; torch's momentum 0.1
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (features,),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            (features,),
+            self.param_dtype,
+        )
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        compute = jnp.promote_types(self.dtype, jnp.float32)
+        x32 = x.astype(compute)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = x32.mean(axis=axes)  # [C]
+            var = jnp.square(x32 - mean).mean(axis=axes)  # biased, [C]
+            n = x32.size // features
+            if not self.is_initializing():
+                unbiased = var * (n / max(n - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        y = y * scale.astype(compute) + bias.astype(compute)
+        return y.astype(self.dtype)
