@@ -1,4 +1,6 @@
-"""timm <-> jaxmm weight layout for the Vision Transformer family (`vit_*`).
+"""timm <-> jaxmm weight layouts: one key map per model family, picked by model class.
+
+## Vision Transformer (`vit_*`)
 
 Reference: timm's `timm/models/vision_transformer.py` (`VisionTransformer`, checked against
 timm 1.0.31). Layout facts this mapping relies on:
@@ -26,6 +28,7 @@ q/k norm, `global_pool='map'`) and jaxmm's convolutional stem, which timm has no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from jaxmm.convert.layout import CONV, IDENTITY, KeyMap, Shape, Transform, layer_norm, linear
+from jaxmm.models.vit import VisionTransformer
 
 # Fused qkv weight [3 H Dh, D] <-> kernel [D, 3, H, Dh]; timm's output features run (qkv, h, d).
 QKV_KERNEL = Transform(
@@ -51,8 +55,8 @@ OUT_KERNEL = Transform(
 )
 
 
-def key_map(model: Any) -> KeyMap:
-    """Maps every timm state-dict key of `model`'s layout to its Flax path and transform.
+def vit_key_map(model: VisionTransformer) -> KeyMap:
+    """Maps every timm ViT state-dict key to its Flax path and transform.
 
     Args:
         model: a `jaxmm.models.vit.VisionTransformer` (only its config is read).
@@ -86,7 +90,7 @@ def key_map(model: Any) -> KeyMap:
     return mapping
 
 
-def example_input(model: Any, torch_shapes: dict[str, Shape]) -> jax.ShapeDtypeStruct:
+def vit_example_input(model: VisionTransformer, torch_shapes: dict[str, Shape]):
     """An NHWC image shape whose token count matches the checkpoint's `pos_embed`.
 
     The positional embedding's length is the only parameter shape that depends on the image
@@ -99,3 +103,19 @@ def example_input(model: Any, torch_shapes: dict[str, Shape]) -> jax.ShapeDtypeS
         if grid * grid == num_patches and grid > 0:
             size = grid * model.patch_size
     return jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+
+
+# Model class -> (its key map, the example input for its abstract init).
+_LAYOUTS: dict[type, tuple[Callable[[Any], KeyMap], Callable[..., jax.ShapeDtypeStruct]]] = {
+    VisionTransformer: (vit_key_map, vit_example_input),
+}
+
+
+def key_map(model: Any) -> KeyMap:
+    """Maps every timm state-dict key of `model` to its Flax path and transform."""
+    return _LAYOUTS[type(model)][0](model)
+
+
+def example_input(model: Any, torch_shapes: dict[str, Shape]) -> jax.ShapeDtypeStruct:
+    """An NHWC input shape for `jax.eval_shape(model.init, ...)` fitting the checkpoint."""
+    return _LAYOUTS[type(model)][1](model, torch_shapes)

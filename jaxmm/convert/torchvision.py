@@ -1,4 +1,6 @@
-"""torchvision <-> jaxmm weight layout for the ResNet family (`resnet*`).
+"""torchvision <-> jaxmm weight layouts: one key map per model family, picked by model class.
+
+## ResNet (`resnet*`)
 
 Reference: torchvision's `torchvision/models/resnet.py` (`ResNet`, `BasicBlock`, `Bottleneck`).
 Layout facts this mapping relies on:
@@ -16,19 +18,21 @@ Layout facts this mapping relies on:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxmm.convert.layout import CONV, KeyMap, Shape, batch_norm, linear
+from jaxmm.models.resnet import ResNet
 
 
 def _conv(torch_prefix: str, flax_path: tuple[str, ...]) -> KeyMap:
     return {f"{torch_prefix}.weight": (("params", *flax_path, "kernel"), CONV)}
 
 
-def key_map(model: Any) -> KeyMap:
+def resnet_key_map(model: ResNet) -> KeyMap:
     """Maps every torchvision ResNet state-dict key to its Flax path and transform.
 
     Args:
@@ -56,7 +60,20 @@ def key_map(model: Any) -> KeyMap:
     return mapping
 
 
+# Model class -> the function mapping its torchvision state-dict keys.
+_KEY_MAPS: dict[type, Callable[[Any], KeyMap]] = {
+    ResNet: resnet_key_map,
+}
+
+
+def key_map(model: Any) -> KeyMap:
+    """Maps every torchvision state-dict key of `model` to its Flax path and transform."""
+    return _KEY_MAPS[type(model)](model)
+
+
 def example_input(model: Any, torch_shapes: dict[str, Shape]) -> jax.ShapeDtypeStruct:
-    """Any image size works (the pool is global); 32x32 keeps the abstract trace small."""
+    """Parameter shapes of these CNNs do not depend on the image size (global or adaptive
+    pooling before the classifier); 64x64 is the smallest size every family here accepts and
+    keeps the abstract trace small."""
     del model, torch_shapes
-    return jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    return jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
