@@ -215,6 +215,17 @@ def to_torch(name: str, variables: Mapping[str, Any], **model_overrides: Any) ->
     return state_dict
 
 
+def head_keys(name: str, **model_overrides: Any) -> set[str]:
+    """The PyTorch keys of `name`'s final classifier: those a headless model does not have.
+
+    Fine-tuning on another label set drops exactly these from a checkpoint.
+    """
+    converter = _converter(name)
+    full = converter.key_map(create_model(name, **{**model_overrides, "num_classes": 1}))
+    headless = converter.key_map(create_model(name, **{**model_overrides, "num_classes": 0}))
+    return set(full) - set(headless)
+
+
 def load_state_dict(path: str | pathlib.Path) -> dict[str, Any]:
     """Reads a PyTorch checkpoint: `.pth`/`.pt`/`.bin` (torch) or `.safetensors`.
 

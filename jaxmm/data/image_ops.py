@@ -53,9 +53,11 @@ def random_resized_crop_box(
     return left, top, left + crop_w, top + crop_h
 
 
-def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
-    """The largest central square, `(left, top, right, bottom)`."""
-    side = min(height, width)
+def center_crop_box(height: int, width: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
+    """The central square spanning `fraction` of the shorter side, `(left, top, right, bottom)`."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the central crop fraction must be in (0, 1], got {fraction}")
+    side = max(1, round(min(height, width) * fraction))
     top, left = (height - side) // 2, (width - side) // 2
     return left, top, left + side, top + side
 

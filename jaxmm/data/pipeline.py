@@ -3,9 +3,12 @@
 Every image-text builder in jaxmm (the built-in `clip_shapes` and the user-data
 builders) yields the same keys: `image` (uint8 `[H, W, 3]`), `captions` (all
 captions of the image) and `image_id`; classification-style ones add `label`.
+Classification datasets (tfds ones such as `cifar10`, the `image_folder` builder)
+need only `image` and a class feature (`data.label_key`, `label` by default).
 
 Training: process shard -> shuffle (reshuffled each epoch) -> repeat -> batch of
-indices -> batched read -> per-example random crop/flip/caption choice/tokenisation.
+indices -> batched read -> per-example augmentation and target (a tokenised random
+caption, or the label).
 grain derives each batch's random generator from the seed and the batch's position,
 so the stream is deterministic and its iterator state (a position) is checkpointed with
 the model; a resumed run sees exactly the batches an uninterrupted one would.
@@ -31,27 +34,44 @@ def as_text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def train_preprocess(
-    example: dict[str, Any],
-    rng: np.random.Generator,
-    *,
-    tokenizer: Tokenizer,
-    config: ConfigDict,
-) -> dict[str, np.ndarray]:
-    """One training example: random-resized crop, optional flip, one random caption."""
-    image = example["image"]
+def augment_image(image: np.ndarray, rng: np.random.Generator, config: ConfigDict) -> np.ndarray:
+    """Training view of `uint8 [H, W, 3]`: random-resized crop, optional flip, normalise."""
     box = image_ops.random_resized_crop_box(
         rng, image.shape[0], image.shape[1], tuple(config.crop_scale), tuple(config.crop_ratio)
     )
     image = image_ops.crop_resize(image, box, config.image_size)
     if config.flip and rng.random() < 0.5:
         image = image[:, ::-1]
+    return image_ops.normalize(image, config.mean, config.std)
+
+
+def image_text_example(
+    example: dict[str, Any],
+    rng: np.random.Generator,
+    *,
+    tokenizer: Tokenizer,
+    config: ConfigDict,
+) -> dict[str, np.ndarray]:
+    """One contrastive training example: the augmented image and one random caption."""
     captions = example["captions"]
     caption = as_text(captions[rng.integers(len(captions))])
     return {
-        "image": image_ops.normalize(image, config.mean, config.std),
+        "image": augment_image(example["image"], rng, config),
         "tokens": tokenizer(caption, context_length=config.context_length)[0],
     }
+
+
+def image_label_example(
+    example: dict[str, Any], rng: np.random.Generator, *, config: ConfigDict
+) -> dict[str, np.ndarray]:
+    """One classification training example: the augmented image and its `label_key` class."""
+    return {
+        "image": augment_image(example["image"], rng, config),
+        "label": np.int32(example[config.label_key]),
+    }
+
+
+ExampleFn = Callable[[dict[str, Any], np.random.Generator], dict[str, np.ndarray]]
 
 
 def _read_batch(source: Sequence[dict[str, Any]], indices: np.ndarray) -> list[dict[str, Any]]:
@@ -66,19 +86,20 @@ def _train_batch(
     rng: np.random.Generator,
     *,
     source: Sequence[dict[str, Any]],
-    tokenizer: Tokenizer,
-    config: ConfigDict,
+    example_fn: ExampleFn,
 ) -> dict[str, np.ndarray]:
-    examples = [
-        train_preprocess(example, rng, tokenizer=tokenizer, config=config)
-        for example in _read_batch(source, indices)
-    ]
+    examples = [example_fn(example, rng) for example in _read_batch(source, indices)]
     return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
 
 
 def eval_image(image: np.ndarray, config: ConfigDict) -> np.ndarray:
-    """Deterministic evaluation view: central square crop, resize, normalise."""
-    box = image_ops.center_crop_box(image.shape[0], image.shape[1])
+    """Deterministic evaluation view: central square crop, resize, normalise.
+
+    The square spans `config.eval_crop_fraction` of the shorter side (ImageNet's classic
+    "resize to 256, crop 224" is 0.875; absent means 1, the whole square).
+    """
+    fraction = config.get("eval_crop_fraction", 1.0)
+    box = image_ops.center_crop_box(image.shape[0], image.shape[1], fraction)
     return image_ops.normalize(
         image_ops.crop_resize(image, box, config.image_size), config.mean, config.std
     )
@@ -86,7 +107,7 @@ def eval_image(image: np.ndarray, config: ConfigDict) -> np.ndarray:
 
 def train_iterator(
     source: Sequence[dict[str, Any]],
-    tokenizer: Tokenizer,
+    example_fn: ExampleFn,
     config: ConfigDict,
     *,
     batch_size: int,
@@ -94,10 +115,12 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.DatasetIterator:
-    """An endless, checkpointable iterator of `{'image', 'tokens'}` batches for this process.
+    """An endless, checkpointable iterator of batches for this process.
 
     Args:
         source: a random-access data source (`builder.as_data_source(split)`).
+        example_fn: `(example, rng) -> arrays`, e.g. `partial(image_text_example, ...)`; the
+            batch stacks its outputs key by key.
         config: the `data` section of the experiment config.
         batch_size: examples per batch on this process (global batch / process count).
     """
@@ -112,7 +135,7 @@ def train_iterator(
         .repeat()
         .batch(batch_size, drop_remainder=True)
         .random_map(
-            partial(_train_batch, source=source, tokenizer=tokenizer, config=config), seed=seed
+            partial(_train_batch, source=source, example_fn=example_fn), seed=seed
         )
     )
     read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2)
@@ -141,14 +164,18 @@ def eval_batches(
         yield np.stack(images), valid
 
 
-def split_annotations(source: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Everything but the images of a split, in order: captions, labels, held-out flags."""
+def split_annotations(source: Sequence[dict[str, Any]], label_key: str = "label") -> dict[str, Any]:
+    """Everything but the images of a split, in order: captions, labels, held-out flags.
+
+    `captions` is empty for datasets without them (classification datasets).
+    """
     captions, labels, heldout = [], [], []
     for index in range(len(source)):
         example = source[index]
-        captions.append([as_text(c) for c in example["captions"]])
-        if "label" in example:
-            labels.append(int(example["label"]))
+        if "captions" in example:
+            captions.append([as_text(c) for c in example["captions"]])
+        if label_key in example:
+            labels.append(int(example[label_key]))
         if "heldout" in example:
             heldout.append(bool(example["heldout"]))
     return {
@@ -158,9 +185,9 @@ def split_annotations(source: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def class_names(builder: tfds.core.DatasetBuilder) -> list[str] | None:
-    """Names of the `label` feature, when the dataset has one."""
+def class_names(builder: tfds.core.DatasetBuilder, label_key: str = "label") -> list[str] | None:
+    """Names of the `label_key` class feature, when the dataset has one."""
     features = builder.info.features
-    if "label" in features and hasattr(features["label"], "names"):
-        return list(features["label"].names)
+    if label_key in features and hasattr(features[label_key], "names"):
+        return list(features[label_key].names)
     return None

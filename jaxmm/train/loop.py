@@ -1,4 +1,7 @@
-"""The training loop: `run(config, workdir)` trains a CLIP model and evaluates it.
+"""The training loop: `run(config, workdir)` trains the config's task and evaluates it.
+
+The task (`jaxmm.train.tasks`: contrastive image-text pretraining or classification)
+supplies the model, objective, examples and evaluation; the loop is the same for all.
 
 Re-running the same command with the same workdir resumes from the newest
 checkpoint: model, optimizer, step, RNG and the input pipeline's position are
@@ -8,13 +11,11 @@ restored, so the resumed losses equal those of an uninterrupted run.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
@@ -24,63 +25,13 @@ from ml_collections import ConfigDict
 
 from jaxmm import sharding
 from jaxmm.data import datasets, pipeline
-from jaxmm.data.tokenizer import Tokenizer, load_clip_tokenizer, train_bpe_tokenizer
-from jaxmm.evaluate.image_text import evaluate_image_text
-from jaxmm.models import create_model
+from jaxmm.train import tasks
 from jaxmm.train.checkpoint import Checkpointer
 from jaxmm.train.metric_writer import MetricWriter
 from jaxmm.train.optimizer import learning_rate_schedule, make_optimizer
+from jaxmm.train.pretrained import load_pretrained
 from jaxmm.train.state import abstract_state, create_train_state
-from jaxmm.train.steps import make_encoders, make_train_step
-
-TOKENIZER_FILE = "tokenizer.json"
-
-
-def build_tokenizer(config: ConfigDict, builder, workdir: pathlib.Path) -> Tokenizer:
-    """The run's tokenizer: loaded from the workdir when resuming, else built and saved there."""
-    path = workdir / TOKENIZER_FILE
-    if path.exists():
-        return Tokenizer.load(path)
-    if config.kind == "clip":
-        tokenizer = load_clip_tokenizer(config.merges_path)
-    elif config.kind == "bpe":
-        source = builder.as_data_source("train")
-        limit = min(len(source), config.train_on_examples)
-        texts = (
-            pipeline.as_text(caption) for i in range(limit) for caption in source[i]["captions"]
-        )
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=config.vocab_size)
-    else:
-        raise ValueError(f"unknown tokenizer kind {config.kind!r}; choose 'clip' or 'bpe'")
-    if jax.process_index() == 0:
-        tokenizer.save(path)
-    return tokenizer
-
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def build_model(config: ConfigDict, vocab_size: int) -> nn.Module:
-    """The CLIP model of `config.model`, its text vocabulary sized to the tokenizer.
-
-    With `config.loss == "siglip"` the model gets SigLIP's learnable logit bias.
-
-    `dtype` (compute) and `param_dtype` may be given as names, e.g. `"bfloat16"`.
-    """
-    overrides = config.model.to_dict()
-    name = overrides.pop("name")
-    if config.loss == "siglip":
-        # SigLIP's initial temperature and bias (Zhai et al. 2023, section 3.1): the
-        # bias keeps the many negative pairs from dominating the first steps.
-        overrides.setdefault("init_logit_scale", math.log(10.0))
-        overrides.setdefault("init_logit_bias", -10.0)
-    for key in ("dtype", "param_dtype"):
-        if key in overrides:
-            if overrides[key] not in DTYPES:
-                raise ValueError(f"model.{key}={overrides[key]!r}; choose from {sorted(DTYPES)}")
-            overrides[key] = DTYPES[overrides[key]]
-    overrides["text"] = {**overrides.get("text", {}), "vocab_size": vocab_size}
-    return create_model(name, **overrides)
+from jaxmm.train.steps import make_train_step
 
 
 def validate_config(config: ConfigDict, mesh: Mesh) -> None:
@@ -112,21 +63,6 @@ def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax
     }
 
 
-def evaluate(params, encoders, tokenizer, builder, config: ConfigDict) -> dict[str, float]:
-    """Zero-shot and retrieval metrics on `config.eval.split` with `params`."""
-    encode_image, encode_text = encoders
-    return evaluate_image_text(
-        lambda images: encode_image(params, images),
-        lambda tokens: encode_text(params, tokens),
-        tokenizer,
-        builder.as_data_source(config.eval.split),
-        config.data,
-        class_names=pipeline.class_names(builder),
-        templates=config.eval.templates,
-        batch_size=config.eval.batch_size,
-    )
-
-
 def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir`, evaluates it, and returns the final metrics."""
     workdir = pathlib.Path(workdir)
@@ -137,26 +73,23 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     builder = datasets.prepare_builder(config.data)
-    tokenizer = build_tokenizer(config.tokenizer, builder, workdir)
-    model = build_model(config, tokenizer.vocab_size)
+    task = tasks.make_task(config, builder, workdir)
+    model = task.model
     tx = make_optimizer(config.optim, config.total_steps)
     schedule = learning_rate_schedule(config.optim, config.total_steps)
 
-    size = config.data.image_size
-    dummy_images = np.zeros((1, size, size, 3), np.float32)
-    dummy_tokens = np.zeros((1, config.data.context_length), np.int32)
-    # Initialised outside the mesh context: Flax's DenseGeneral initialises a flat kernel
-    # and reshapes it, and a mesh context would constrain the flat array to the 4-D spec.
-    # `create_train_state` places every array through jit's out_shardings instead.
+    # Initialised outside the mesh context: `create_train_state` places every array
+    # through jit's out_shardings instead.
+    inputs = task.init_inputs()
     state, state_shardings = create_train_state(
-        lambda rng: model.init(rng, dummy_images, dummy_tokens)["params"], tx, mesh, config.seed
+        lambda rng: model.init(rng, *inputs), tx, mesh, config.seed
     )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("model %s: %.2fM parameters", config.model.name, num_params / 1e6)
 
     train_iter = pipeline.train_iterator(
-        builder.as_data_source("train"),
-        tokenizer,
+        builder.as_data_source(config.data.get("train_split", "train")),
+        task.example_fn,
         config.data,
         batch_size=config.batch_size // jax.process_count(),
         seed=config.seed,
@@ -169,15 +102,20 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         state, data_state = checkpointer.restore(start_step, abstract_state(state_shardings, state))
         train_iter.set_state(data_state)
         logging.info("resumed from step %d", start_step)
+    elif config.get("init_from"):
+        variables = load_pretrained(config.init_from, task, state.variables)
+        state = jax.device_put(
+            state.replace(params=variables.pop("params"), model_state=variables), state_shardings
+        )
 
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(
-        make_train_step(model, tx, config.loss, schedule),
+        make_train_step(model, tx, task.objective, schedule),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
-    encoders = make_encoders(model, mesh)
+    evaluate = task.evaluator(mesh)
     writer = MetricWriter(workdir)
     progress = tqdm.tqdm(
         total=config.total_steps,
@@ -207,11 +145,11 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 checkpointer.save(step, state, train_iter.get_state())
             if config.eval.every and step % config.eval.every == 0 and step < config.total_steps:
-                writer.write(step, evaluate(state.params, encoders, tokenizer, builder, config))
+                writer.write(step, evaluate(state.variables))
                 last_time = time.perf_counter()  # evaluation time is not training throughput
         progress.close()
         checkpointer.close()
-        eval_metrics = evaluate(state.params, encoders, tokenizer, builder, config)
+        eval_metrics = evaluate(state.variables)
     writer.write(config.total_steps, eval_metrics)
     writer.close()
     if jax.process_index() == 0:

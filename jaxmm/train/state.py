@@ -25,12 +25,20 @@ from jaxmm import sharding
 class TrainState:
     step: jax.Array  # [] int32
     params: Any
+    # The model's other variable collections, updated by the forward pass rather than the
+    # optimizer: `{'batch_stats': ...}` for BatchNorm models, `{}` for the rest.
+    model_state: dict[str, Any]
     opt_state: optax.OptState
     rng: jax.Array  # [2] uint32, a raw PRNG key (orbax saves it as a plain array)
 
+    @property
+    def variables(self) -> dict[str, Any]:
+        """Everything `model.apply` needs: params and the other collections."""
+        return {"params": self.params, **self.model_state}
+
 
 def create_train_state(
-    init_params: Callable[[jax.Array], Any],
+    init_variables: Callable[[jax.Array], Any],
     tx: optax.GradientTransformation,
     mesh: Mesh,
     seed: int,
@@ -39,17 +47,24 @@ def create_train_state(
     """Initialises a sharded `TrainState`; returns it with its tree of `NamedSharding`s.
 
     Args:
-        init_params: `rng -> params`, where params may carry logical-axis metadata
-            (`nn.with_logical_partitioning`); the state holds them unboxed.
+        init_variables: `rng -> variables` (`model.init`), `{'params': ...}` plus any other
+            collections; values may carry logical-axis metadata (`nn.with_logical_partitioning`)
+            and the state holds them unboxed. Values without it (BatchNorm statistics) are
+            replicated.
     """
 
     def init(rng: jax.Array) -> TrainState:
         init_rng, state_rng = jax.random.split(rng)
-        params = init_params(init_rng)
+        variables = dict(init_variables(init_rng))
+        params = variables.pop("params")
         # Optimizer moments are built from the boxed params so they inherit the
         # parameters' logical axes (and so their shardings).
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            model_state=variables,
+            opt_state=tx.init(params),
+            rng=state_rng,
         )
 
     rng = jax.random.PRNGKey(seed)

@@ -16,7 +16,8 @@ from flax import linen as nn
 from jaxmm import sharding
 from jaxmm.models import create_model
 from jaxmm.train.state import create_train_state
-from jaxmm.train.steps import contrastive_loss, make_train_step
+from jaxmm.train.objectives import Contrastive, contrastive_loss
+from jaxmm.train.steps import make_train_step
 
 BATCH = 16
 
@@ -37,7 +38,7 @@ def run_on_mesh(mesh_shape, devices, batch, loss_name="infonce"):
     tx = optax.sgd(0.1)
     mesh = sharding.make_mesh(mesh_shape, devices)
     state, shardings = create_train_state(
-        lambda rng: model.init(rng, batch["image"][:1], batch["tokens"][:1])["params"],
+        lambda rng: model.init(rng, batch["image"][:1], batch["tokens"][:1]),
         tx,
         mesh,
         seed=0,
@@ -52,7 +53,7 @@ def run_on_mesh(mesh_shape, devices, batch, loss_name="infonce"):
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
         loss, grads = jax.jit(jax.value_and_grad(loss_fn))(state.params, sharded)
         step = jax.jit(
-            make_train_step(model, tx, loss_name, optax.constant_schedule(1e-3)),
+            make_train_step(model, tx, Contrastive(loss_name), optax.constant_schedule(1e-3)),
             in_shardings=(shardings, batch_sharding),
             out_shardings=(shardings, None),
         )
@@ -97,14 +98,14 @@ def test_train_step_compiles_once(batch):
     tx = optax.sgd(1e-2)
     mesh = sharding.make_mesh({"data": -1})
     state, shardings = create_train_state(
-        lambda rng: model.init(rng, batch["image"][:1], batch["tokens"][:1])["params"],
+        lambda rng: model.init(rng, batch["image"][:1], batch["tokens"][:1]),
         tx,
         mesh,
         seed=0,
     )
     step = jax.jit(
         chex.assert_max_traces(
-            make_train_step(model, tx, "infonce", optax.constant_schedule(1e-2)), n=1
+            make_train_step(model, tx, Contrastive("infonce"), optax.constant_schedule(1e-2)), n=1
         ),
         in_shardings=(shardings, sharding.batch_sharding(mesh)),
         out_shardings=(shardings, None),
@@ -125,11 +126,11 @@ def test_logit_scale_is_clamped_after_the_update(batch):
     tx = optax.sgd(1e-3)
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
     state, _ = create_train_state(
-        lambda rng: model.init(rng, batch["image"][:1], batch["tokens"][:1])["params"],
+        lambda rng: model.init(rng, batch["image"][:1], batch["tokens"][:1]),
         tx,
         mesh,
         seed=0,
     )
-    step = jax.jit(make_train_step(model, tx, "infonce", optax.constant_schedule(0.0)))
+    step = jax.jit(make_train_step(model, tx, Contrastive("infonce"), optax.constant_schedule(0.0)))
     state, _ = step(state, batch)
     assert float(state.params["logit_scale"]) == pytest.approx(np.log(100.0))

@@ -1,0 +1,150 @@
+"""Starting a run from pretrained weights: `config.init_from`.
+
+Two sources are understood:
+- a PyTorch checkpoint (`.pth`/`.pt`/`.bin`/`.safetensors`) of a model `jaxmm.convert`
+  knows (torchvision, timm), converted on the fly;
+- a jaxmm run (its workdir, its `checkpoints` folder, or one step's folder): the newest
+  orbax checkpoint's parameters and model state (optimizer state is not carried over).
+
+When the run's classifier differs from the checkpoint's (another class count), the head is
+left at its fresh initialisation and everything else must match exactly: a missing,
+unexpected or mis-shaped body parameter is an error naming the file, never a silent
+partial load.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import linen as nn
+from flax import traverse_util
+
+from jaxmm import convert
+from jaxmm.models import create_model
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+Path = tuple[str, ...]
+
+
+def head_paths(task: Any) -> set[Path]:
+    """Flat variable paths of the task model's classifier: those a `num_classes=0` model lacks.
+
+    Empty for models without `num_classes` (CLIP).
+    """
+    if "num_classes" not in getattr(task, "model_overrides", {}):
+        return set()
+    headless = create_model(task.model_name, **{**task.model_overrides, "num_classes": 0})
+    rng, inputs = jax.random.PRNGKey(0), task.init_inputs()
+    full = _shapes(jax.eval_shape(task.model.init, rng, *inputs))
+    body = _shapes(jax.eval_shape(headless.init, rng, *inputs))
+    return set(full) - set(body)
+
+
+def _shapes(variables: Any) -> dict[Path, tuple[int, ...]]:
+    flat = traverse_util.flatten_dict(nn.unbox(dict(variables)))
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+def _from_torch(path: pathlib.Path, task: Any) -> dict[str, Any]:
+    """Converts a PyTorch checkpoint; with another class count, everything but its head."""
+    state_dict = convert.load_state_dict(path)
+    overrides = dict(task.model_overrides)
+    try:
+        return convert.from_torch(task.model_name, state_dict, **overrides)
+    except ValueError as full_error:
+        if "num_classes" not in overrides:
+            raise ValueError(f"{path}: {full_error}") from None
+        head = convert.head_keys(task.model_name, **overrides)
+        body = {key: value for key, value in state_dict.items() if key not in head}
+        try:
+            return convert.from_torch(task.model_name, body, **{**overrides, "num_classes": 0})
+        except ValueError as body_error:
+            raise ValueError(f"{path}: {body_error}") from None
+
+
+def _from_orbax(path: pathlib.Path) -> dict[str, Any]:
+    """The params and model state of the newest checkpoint under a jaxmm run folder."""
+    for directory in (path / "checkpoints", path):
+        if directory.is_dir():
+            manager = ocp.CheckpointManager(directory.absolute())
+            step = manager.latest_step()
+            if step is not None:
+                restored = manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+                )["state"]
+                manager.close()
+                logging.info("init_from: %s step %d", directory, step)
+                return {"params": restored["params"], **restored.get("model_state", {})}
+            manager.close()
+    # A single step's folder (`checkpoints/<step>`) holds the `state` item directly.
+    if (path / "state").is_dir():
+        restored = ocp.StandardCheckpointer().restore((path / "state").absolute())
+        return {"params": restored["params"], **restored.get("model_state", {})}
+    raise FileNotFoundError(f"init_from: no jaxmm checkpoint found under {path}")
+
+
+def merge_pretrained(init: Any, loaded: Any, head: set[Path], source: str) -> dict[str, Any]:
+    """`init` with every variable replaced by `loaded`'s, except head variables whose shape
+    differs or that `loaded` lacks.
+
+    Raises:
+        ValueError: body variables missing from, unexpected in or mis-shaped in `loaded`.
+    """
+    flat_init = traverse_util.flatten_dict(nn.unbox(dict(init)))
+    flat_loaded = traverse_util.flatten_dict(dict(loaded))
+    missing = [p for p in flat_init if p not in flat_loaded and p not in head]
+    unexpected = [p for p in flat_loaded if p not in flat_init and p not in head]
+    misshaped = [
+        f"{'/'.join(p)}: run {tuple(flat_init[p].shape)}, checkpoint {tuple(flat_loaded[p].shape)}"
+        for p in flat_init
+        if p in flat_loaded and p not in head and flat_init[p].shape != flat_loaded[p].shape
+    ]
+    if missing or unexpected or misshaped:
+        lines = [f"init_from {source} does not fit the model:"]
+        for title, items in (
+            ("missing", ["/".join(p) for p in missing]),
+            ("unexpected", ["/".join(p) for p in unexpected]),
+            ("mis-shaped", misshaped),
+        ):
+            if items:
+                lines += [f"  {title} ({len(items)}):"] + [f"    {item}" for item in items[:20]]
+        raise ValueError("\n".join(lines))
+    merged, fresh = {}, []
+    for path, value in flat_init.items():
+        if path in flat_loaded and flat_loaded[path].shape == value.shape:
+            merged[path] = np.asarray(flat_loaded[path], dtype=value.dtype)
+        else:
+            merged[path] = value
+            fresh.append("/".join(path))
+    if fresh:
+        logging.info("init_from %s: new classifier head %s", source, fresh)
+    return traverse_util.unflatten_dict(merged)
+
+
+def load_pretrained(init_from: str, task: Any, init_variables: Any) -> dict[str, Any]:
+    """The run's initial variables: `init_variables` overwritten from `init_from`.
+
+    Args:
+        init_from: a PyTorch checkpoint file or a jaxmm run/checkpoint folder.
+        task: the run's task (`jaxmm.train.tasks`): its model, registry name and overrides.
+        init_variables: the freshly initialised variables (they provide shapes, dtypes and
+            the new head).
+    """
+    path = pathlib.Path(init_from).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"init_from: {path} does not exist")
+    if path.suffix in TORCH_SUFFIXES:
+        loaded = _from_torch(path, task)
+    elif path.is_dir():
+        loaded = _from_orbax(path)
+    else:
+        raise ValueError(
+            f"init_from: {path} is neither a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}) "
+            "nor a jaxmm run folder"
+        )
+    return merge_pretrained(init_variables, loaded, head_paths(task), str(path))

@@ -1,0 +1,187 @@
+"""The two kinds of run the trainer knows, built from a config: contrastive image-text
+pretraining (`task='contrastive'`, CLIP/SigLIP) and image classification (`'classification'`).
+
+A task bundles what differs between them: the model, the objective the jitted step
+optimises, how one training example is made, the inputs `model.init` traces, and the
+evaluation. Everything else (state, sharding, checkpoints, the loop) is shared.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+from flax import linen as nn
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxmm.data import pipeline
+from jaxmm.data.tokenizer import Tokenizer, load_clip_tokenizer, train_bpe_tokenizer
+from jaxmm.evaluate.classification import evaluate_classifier
+from jaxmm.evaluate.image_text import evaluate_image_text
+from jaxmm.models import create_model
+from jaxmm.train import objectives
+from jaxmm.train.steps import make_encoders, make_predict
+
+TOKENIZER_FILE = "tokenizer.json"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+Evaluator = Callable[[Any], dict[str, float]]  # variables -> metrics
+
+
+def model_overrides(model_config: ConfigDict) -> tuple[str, dict[str, Any]]:
+    """`(registry name, overrides)` from a config's `model` section; dtype names resolved."""
+    overrides = model_config.to_dict()
+    name = overrides.pop("name")
+    for key in ("dtype", "param_dtype"):
+        if key in overrides:
+            if overrides[key] not in DTYPES:
+                raise ValueError(f"model.{key}={overrides[key]!r}; choose from {sorted(DTYPES)}")
+            overrides[key] = DTYPES[overrides[key]]
+    return name, overrides
+
+
+def build_tokenizer(config: ConfigDict, builder, workdir: pathlib.Path) -> Tokenizer:
+    """The run's tokenizer: loaded from the workdir when resuming, else built and saved there."""
+    path = workdir / TOKENIZER_FILE
+    if path.exists():
+        return Tokenizer.load(path)
+    if config.kind == "clip":
+        tokenizer = load_clip_tokenizer(config.merges_path)
+    elif config.kind == "bpe":
+        source = builder.as_data_source("train")
+        limit = min(len(source), config.train_on_examples)
+        texts = (
+            pipeline.as_text(caption) for i in range(limit) for caption in source[i]["captions"]
+        )
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=config.vocab_size)
+    else:
+        raise ValueError(f"unknown tokenizer kind {config.kind!r}; choose 'clip' or 'bpe'")
+    if jax.process_index() == 0:
+        tokenizer.save(path)
+    return tokenizer
+
+
+def build_clip_model(config: ConfigDict, vocab_size: int) -> nn.Module:
+    """The CLIP model of `config.model`, its text vocabulary sized to the tokenizer.
+
+    With `config.loss == "siglip"` the model gets SigLIP's learnable logit bias.
+    """
+    name, overrides = model_overrides(config.model)
+    if config.loss == "siglip":
+        # SigLIP's initial temperature and bias (Zhai et al. 2023, section 3.1): the
+        # bias keeps the many negative pairs from dominating the first steps.
+        overrides.setdefault("init_logit_scale", math.log(10.0))
+        overrides.setdefault("init_logit_bias", -10.0)
+    overrides["text"] = {**overrides.get("text", {}), "vocab_size": vocab_size}
+    return create_model(name, **overrides)
+
+
+class ContrastiveTask:
+    """CLIP-style pretraining on an image-text dataset; zero-shot and retrieval evaluation."""
+
+    def __init__(self, config: ConfigDict, builder: tfds.core.DatasetBuilder, workdir):
+        self.config, self.builder = config, builder
+        self.tokenizer = build_tokenizer(config.tokenizer, builder, pathlib.Path(workdir))
+        self.model = build_clip_model(config, self.tokenizer.vocab_size)
+        self.model_name, self.model_overrides = config.model.name, {}
+        self.objective = objectives.Contrastive(config.loss)
+        self.example_fn = partial(
+            pipeline.image_text_example, tokenizer=self.tokenizer, config=config.data
+        )
+
+    def init_inputs(self) -> tuple[np.ndarray, ...]:
+        size = self.config.data.image_size
+        return (
+            np.zeros((1, size, size, 3), np.float32),
+            np.zeros((1, self.config.data.context_length), np.int32),
+        )
+
+    def evaluator(self, mesh: Mesh) -> Evaluator:
+        encode_image, encode_text = make_encoders(self.model, mesh)
+        eval_config = self.config.eval
+
+        def evaluate(variables: Any) -> dict[str, float]:
+            return evaluate_image_text(
+                lambda images: encode_image(variables, images),
+                lambda tokens: encode_text(variables, tokens),
+                self.tokenizer,
+                self.builder.as_data_source(eval_config.split),
+                self.config.data,
+                class_names=pipeline.class_names(self.builder),
+                templates=eval_config.templates,
+                batch_size=eval_config.batch_size,
+            )
+
+        return evaluate
+
+
+def dataset_num_classes(builder: tfds.core.DatasetBuilder, label_key: str) -> int:
+    """The class count of the dataset's `label_key` feature."""
+    features = builder.info.features
+    if label_key not in features or not hasattr(features[label_key], "num_classes"):
+        names = sorted(features.keys())
+        raise ValueError(
+            f"dataset {builder.name!r} has no class feature {label_key!r} "
+            f"(data.label_key); its features: {names}"
+        )
+    return int(features[label_key].num_classes)
+
+
+class ClassificationTask:
+    """Supervised classification on an image-label dataset; top-1/top-5 evaluation.
+
+    The classifier is sized to the dataset's class count; a `model.num_classes` that
+    disagrees with the data is an error rather than a silently wrong head.
+    """
+
+    def __init__(self, config: ConfigDict, builder: tfds.core.DatasetBuilder, workdir):
+        del workdir  # nothing to persist beyond the checkpoints
+        self.config, self.builder = config, builder
+        label_key = config.data.label_key
+        num_classes = dataset_num_classes(builder, label_key)
+        name, overrides = model_overrides(config.model)
+        if overrides.setdefault("num_classes", num_classes) != num_classes:
+            raise ValueError(
+                f"model.num_classes={overrides['num_classes']} but the dataset's "
+                f"{label_key!r} feature has {num_classes} classes"
+            )
+        self.model_name, self.model_overrides = name, overrides
+        self.model = create_model(name, **overrides)
+        self.objective = objectives.Classification(config.get("label_smoothing", 0.0))
+        self.example_fn = partial(pipeline.image_label_example, config=config.data)
+
+    def init_inputs(self) -> tuple[np.ndarray, ...]:
+        size = self.config.data.image_size
+        return (np.zeros((1, size, size, 3), np.float32),)
+
+    def evaluator(self, mesh: Mesh) -> Evaluator:
+        predict = make_predict(self.model, mesh)
+        eval_config = self.config.eval
+
+        def evaluate(variables: Any) -> dict[str, float]:
+            return evaluate_classifier(
+                lambda images: predict(variables, images),
+                self.builder.as_data_source(eval_config.split),
+                self.config.data,
+                eval_config.batch_size,
+            )
+
+        return evaluate
+
+
+TASKS = {"contrastive": ContrastiveTask, "classification": ClassificationTask}
+
+
+def make_task(config: ConfigDict, builder: tfds.core.DatasetBuilder, workdir):
+    """The task named by `config.task` (`'contrastive'` when absent)."""
+    name = config.get("task", "contrastive")
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+    return TASKS[name](config, builder, workdir)
