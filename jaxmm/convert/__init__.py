@@ -26,13 +26,27 @@ from flax import traverse_util
 
 from jaxmm.convert import timm, torchvision
 from jaxmm.models import create_model
+from jaxmm.models.alexnet import ALEXNET_VARIANTS
+from jaxmm.models.mobilenet import (
+    MOBILENET_V1_VARIANTS,
+    MOBILENET_V2_VARIANTS,
+    MOBILENET_V3_VARIANTS,
+)
 from jaxmm.models.resnet import RESNET_VARIANTS
+from jaxmm.models.swin import SWIN_VARIANTS
+from jaxmm.models.vgg import VGG_VARIANTS
 from jaxmm.models.vit import VIT_VARIANTS
 
 # Registry name -> the module holding its PyTorch layout (DESIGN.md section 2 names the sources).
 _CONVERTERS: dict[str, ModuleType] = {
     **{name: timm for name in VIT_VARIANTS},
     **{name: torchvision for name in RESNET_VARIANTS},
+    **{name: torchvision for name in ALEXNET_VARIANTS},
+    **{name: torchvision for name in VGG_VARIANTS},
+    **{name: timm for name in SWIN_VARIANTS},
+    **{name: timm for name in MOBILENET_V1_VARIANTS},
+    **{name: torchvision for name in MOBILENET_V2_VARIANTS},
+    **{name: torchvision for name in MOBILENET_V3_VARIANTS},
 }
 # torch's BatchNorm step counter: Flax has none, so `from_torch` drops it and `to_torch`
 # writes 0 next to every `running_mean` (strict `load_state_dict` wants the key).

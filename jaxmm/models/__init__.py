@@ -14,15 +14,32 @@ from typing import Any
 
 from flax import linen as nn
 
+from jaxmm.models.alexnet import ALEXNET_VARIANTS, AlexNet
 from jaxmm.models.clip import CLIP, CLIP_VARIANTS
+from jaxmm.models.mobilenet import (
+    MOBILENET_V1_VARIANTS,
+    MOBILENET_V2_VARIANTS,
+    MOBILENET_V3_VARIANTS,
+    MobileNetV1,
+    MobileNetV2,
+    MobileNetV3,
+)
 from jaxmm.models.resnet import RESNET_VARIANTS, ResNet
+from jaxmm.models.swin import SWIN_VARIANTS, SwinTransformer
 from jaxmm.models.text import TEXT_VARIANTS, TextTransformer
+from jaxmm.models.vgg import VGG, VGG_VARIANTS
 from jaxmm.models.vit import VIT_VARIANTS, VisionTransformer
 
 _FAMILIES: dict[str, tuple[type[nn.Module], Mapping[str, dict[str, Any]]]] = {
     "vit": (VisionTransformer, VIT_VARIANTS),
     "text": (TextTransformer, TEXT_VARIANTS),
     "resnet": (ResNet, RESNET_VARIANTS),
+    "mobilenet_v1": (MobileNetV1, MOBILENET_V1_VARIANTS),
+    "mobilenet_v2": (MobileNetV2, MOBILENET_V2_VARIANTS),
+    "mobilenet_v3": (MobileNetV3, MOBILENET_V3_VARIANTS),
+    "alexnet": (AlexNet, ALEXNET_VARIANTS),
+    "vgg": (VGG, VGG_VARIANTS),
+    "swin": (SwinTransformer, SWIN_VARIANTS),
 }
 _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     name: (module, row) for module, table in _FAMILIES.values() for name, row in table.items()

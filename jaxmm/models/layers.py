@@ -1,4 +1,7 @@
-"""Building blocks shared by the Transformer models (ViT, the text tower, CLIP).
+"""Building blocks shared by the model families.
+
+CNN pieces that reproduce PyTorch exactly: `BatchNorm` (torch's running-statistics rule) and
+`adaptive_avg_pool` (`nn.AdaptiveAvgPool2d`'s bins), used by ResNet, AlexNet and VGG.
 
 Pre-LayerNorm Transformer blocks as in ViT (Dosovitskiy et al. 2021) and CLIP
 (Radford et al. 2021). Attention keeps q/k/v in one `DenseGeneral` whose kernel
@@ -267,3 +270,27 @@ class BatchNorm(nn.Module):
         y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
         y = y * scale.astype(compute) + bias.astype(compute)
         return y.astype(self.dtype)
+
+
+def _adaptive_avg_pool_axis(x: jax.Array, axis: int, out: int) -> jax.Array:
+    """Averages `out` bins along `axis` of size n, as torch does.
+
+    Bin i spans `floor(i * n / out)` .. `ceil((i + 1) * n / out)` (end excluded): bins overlap
+    when n is not a multiple of `out`, and repeat rows when n < out.
+    """
+    size = x.shape[axis]
+    bins = []
+    for i in range(out):
+        start, end = i * size // out, -(-(i + 1) * size // out)  # floor, ceil
+        bins.append(jax.lax.slice_in_dim(x, start, end, axis=axis).mean(axis, keepdims=True))
+    return jnp.concatenate(bins, axis=axis)
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: int | tuple[int, int]) -> jax.Array:
+    """PyTorch's `nn.AdaptiveAvgPool2d`: `[B, H, W, C]` -> `[B, out_h, out_w, C]` for any H, W.
+
+    Every output bin is a rectangle of rows x columns, so pooling the rows and then the columns
+    gives the same means with `out_h + out_w` slices instead of `out_h * out_w`.
+    """
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    return _adaptive_avg_pool_axis(_adaptive_avg_pool_axis(x, 1, out_h), 2, out_w)

@@ -9,13 +9,16 @@ from flax import linen as nn
 
 from jaxmm.models import create_model, list_models
 from jaxmm.models.layers import gelu_exact, quick_gelu
+from jaxmm.models.swin import SwinBlock
 
 TINY = [name for name in list_models() if name.endswith("_test")]
 
 
 def _inputs(name: str, batch: int = 2):
     rng = np.random.default_rng(0)
-    images = rng.normal(size=(batch, 32, 32, 3)).astype(np.float32)
+    # AlexNet's stride-4 conv and three 3x3 pools need 63 px (jaxmm.models.alexnet.MIN_SIZE).
+    size = 64 if name.startswith("alexnet") else 32
+    images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
     tokens = rng.integers(1, 500, size=(batch, 16)).astype(np.int32)
     tokens[:, 10] = 511  # EOT: the largest id of the tiny text tower's vocabulary
     if name.startswith("clip"):
@@ -116,3 +119,19 @@ def test_conv_stem_downsamples_by_the_patch_size():
         create_model("vit_test", stem="conv", patch_size=6).init(
             jax.random.PRNGKey(0), jnp.zeros((1, 36, 36, 3))
         )
+
+
+def test_swin_stochastic_depth_drops_whole_samples_in_train_mode_only():
+    block = SwinBlock(num_heads=2, window_size=4, shifted=True, drop_path=0.5)
+    x = jnp.broadcast_to(jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 16)), (16, 8, 8, 16))
+    # Random weights without `init`: eager init compiles a random draw per parameter shape.
+    shapes = nn.unbox(jax.eval_shape(lambda: block.init(jax.random.PRNGKey(1), x, train=False)))
+    rng = np.random.default_rng(1)
+    variables = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), shapes)
+    evaluated = block.apply(variables, x, train=False)  # deterministic: no rng needed
+    chex.assert_trees_all_close(evaluated, jnp.broadcast_to(evaluated[:1], x.shape))
+    trained = block.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    # Identical samples: those with both residual branches dropped come out exactly as x,
+    # which per-element dropout would never give.
+    untouched = np.asarray(jnp.all(trained == x, axis=(1, 2, 3)))
+    assert 0 < untouched.sum() < len(untouched), untouched
