@@ -1,8 +1,8 @@
 """Finds and prepares the tfds builder named by a config's `data` section.
 
 `data.name` is one of jaxmm's own builders (the built-in `clip_shapes`, or the
-user-data builders `image_caption_file` and `coco_caption_files`, configured by
-`data.builder_kwargs`), or the name of any tfds dataset the user has. Everything
+user-data builders `image_caption_file`, `coco_caption_files` and `image_folder`,
+configured by `data.builder_kwargs`), or the name of any tfds dataset the user has. Everything
 is prepared as array_record so grain can read it without TensorFlow.
 """
 
@@ -11,17 +11,24 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
+from jaxmm.data.image_folder import ImageFolder
 from jaxmm.data.shapes import ClipShapes
 from jaxmm.data.user_captions import CocoCaptions, ImageCaptionFile
 
 # Builders whose files a user points at (`data.builder_kwargs`); they name their own
 # configs after a fingerprint of those files.
-USER_BUILDERS = {"image_caption_file": ImageCaptionFile, "coco_caption_files": CocoCaptions}
+USER_BUILDERS = {
+    "image_caption_file": ImageCaptionFile,
+    "coco_caption_files": CocoCaptions,
+    "image_folder": ImageFolder,
+}
 
 
 def get_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
     """The builder for `config` (the `data` section), not yet prepared."""
-    kwargs = dict(config.get("builder_kwargs") or {})
+    # Empty strings stand for "not set" (ml_collections cannot override None), so configs can
+    # carry e.g. `path=""` for users to fill in from the command line.
+    kwargs = {k: v for k, v in (config.get("builder_kwargs") or {}).items() if v != ""}
     data_dir = config.get("data_dir") or None
     if config.name in USER_BUILDERS:
         return _user_builder(config.name, data_dir, kwargs)
@@ -36,11 +43,13 @@ def get_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
 
 
 def _user_builder(name: str, data_dir: str | None, kwargs: dict) -> tfds.core.DatasetBuilder:
-    # Configs use one set of fields for both layouts: `path` is the caption file (or the
-    # COCO JSON) and empty strings stand for "not set" (ml_collections cannot override None).
-    kwargs = {key: value for key, value in kwargs.items() if value != ""}
+    # Configs use one set of fields for every layout: `path` is the caption file, the COCO
+    # JSON or the image folder.
     if "path" not in kwargs:
-        raise ValueError(f"data.builder_kwargs.path must name the caption file for {name!r}")
+        what = "image folder" if name == "image_folder" else "caption file"
+        raise ValueError(f"data.builder_kwargs.path must name the {what} for {name!r}")
+    if name == "image_folder":
+        kwargs["root"] = kwargs.pop("path")
     if name == "coco_caption_files":
         kwargs["annotations"] = kwargs.pop("path")
         if "image_root" not in kwargs:

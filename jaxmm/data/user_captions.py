@@ -91,13 +91,14 @@ class BadImageError(ValueError):
 
 
 @dataclasses.dataclass
-class _Record:
+class Record:
     """One image and its captions, as read from the source file."""
 
     image: str  # Path as written; becomes `image_id` and the split-hash input.
     captions: list[str]
     split: str | None  # None: assign by hash.
     where: str  # "file:line" for error messages.
+    label: int | None = None  # the class index, for classification layouts (image folders)
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -147,7 +148,7 @@ class _Grouper:
     """Collects captions per image in first-seen order; tracks the split column."""
 
     def __init__(self):
-        self.records: dict[str, _Record] = {}
+        self.records: dict[str, Record] = {}
         self.excluded_images: set[str] = set()
         self.num_empty_captions = 0
 
@@ -164,7 +165,7 @@ class _Grouper:
             self.excluded_images.add(image)
             return
         if image not in self.records:
-            self.records[image] = _Record(image, [], split, where)
+            self.records[image] = Record(image, [], split, where)
         record = self.records[image]
         if record.split != split:
             raise ValueError(
@@ -239,16 +240,16 @@ def _read_jsonl(path: pathlib.Path, keys: tuple[str | None, str | None, str | No
     return grouper
 
 
-def _read_coco(path: pathlib.Path, split: str) -> list[_Record]:
+def _read_coco(path: pathlib.Path, split: str) -> list[Record]:
     try:
         data = json.loads(_read_utf8(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise ValueError(f"{path}: not a COCO captions file (needs 'images' and 'annotations')")
-    records: dict[object, _Record] = {}
+    records: dict[object, Record] = {}
     for image in data["images"]:
-        records[image["id"]] = _Record(
+        records[image["id"]] = Record(
             image["file_name"], [], split, f"{path}: image id {image['id']}"
         )
     for i, ann in enumerate(data["annotations"]):
@@ -328,15 +329,20 @@ def _fingerprint(files: Iterable[pathlib.Path], options: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def _hash_split(image: str, val_fraction: float, test_fraction: float) -> str:
+def hash_split(image: str, val_fraction: float, test_fraction: float) -> str:
     u = int.from_bytes(hashlib.sha256(image.encode("utf-8")).digest()[:8], "big") / 2.0**64
     if u < test_fraction:
         return "test"
     return "validation" if u < test_fraction + val_fraction else "train"
 
 
-class _CaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Shared machinery: per-source config, image encoding, skip accounting, pickling."""
+class UserDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared machinery of the user-data builders (caption files, COCO, image folders):
+    per-source config, image encoding, skip accounting, pickling.
+
+    Subclasses list `Record`s per split and may override `_info` and `_example` for another
+    example schema.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -354,6 +360,7 @@ class _CaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         on_bad_image: str,
         num_workers: int | None,
         data_dir: str | os.PathLike | None,
+        stem: str | None = None,
     ) -> None:
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -365,7 +372,8 @@ class _CaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._num_workers = num_workers or min(8, os.cpu_count() or 1)
         self._sources = sources
         options = dict(options, max_image_size=max_image_size, on_bad_image=on_bad_image)
-        stem = re.sub(r"[^a-z0-9]+", "_", sources[0].stem.lower()).strip("_")[:40] or "data"
+        stem = stem or sources[0].stem
+        stem = re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")[:40] or "data"
         # An unpickled builder keeps its original folder even if the source changed since.
         name = getattr(self, "_pickled_config_name", None) or (
             f"{stem}_{_fingerprint(sources, options)}"
@@ -392,6 +400,10 @@ class _CaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(),
         )
 
+    def _example(self, record: Record, image: bytes) -> dict:
+        """The stored example for `record` with its encoded image."""
+        return {"image": image, "captions": record.captions, "image_id": record.image}
+
     def _record_exclusions(self, num_excluded_images: int, num_empty_captions: int) -> None:
         metadata = self.info.metadata
         metadata.update(
@@ -407,9 +419,9 @@ class _CaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             logging.warning("%d empty captions dropped", num_empty_captions)
 
     def _split_dict(
-        self, records: list[_Record], what: str, expected: Iterable[str]
-    ) -> dict[str, list[_Record]]:
-        by_split: dict[str, list[_Record]] = {}
+        self, records: list[Record], what: str, expected: Iterable[str]
+    ) -> dict[str, list[Record]]:
+        by_split: dict[str, list[Record]] = {}
         for record in records:
             by_split.setdefault(record.split, []).append(record)
         if not by_split:
@@ -419,8 +431,8 @@ class _CaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 logging.warning("%s: no images in split %r; it will not exist", what, split)
         return by_split
 
-    def _generate_examples(self, records: list[_Record], image_root: pathlib.Path):
-        def load(record: _Record):
+    def _generate_examples(self, records: list[Record], image_root: pathlib.Path):
+        def load(record: Record):
             path = pathlib.Path(record.image)
             if not path.is_absolute():
                 path = image_root / path
@@ -446,10 +458,7 @@ class _CaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     raise BadImageError(f"{message}. Fix or remove it, or use on_bad_image='skip'.")
                 skipped.append(message)
                 continue
-            yield (
-                record.image,
-                {"image": data, "captions": record.captions, "image_id": record.image},
-            )
+            yield record.image, self._example(record, data)
         if skipped and len(skipped) == len(records):
             raise BadImageError(f"split {split}: all {len(records)} images are bad: {skipped[0]}")
         if skipped:
@@ -465,7 +474,7 @@ class _CaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata["skipped_images"] += skipped[: max(room, 0)]
 
 
-class ImageCaptionFile(_CaptionBuilder, skip_registration=True):
+class ImageCaptionFile(UserDataBuilder, skip_registration=True):
     """Images and captions listed in a user's CSV, TSV or JSONL file."""
 
     def __init__(
@@ -552,13 +561,13 @@ class ImageCaptionFile(_CaptionBuilder, skip_registration=True):
             )
         for record in records:
             if record.split is None:
-                record.split = _hash_split(record.image, *self._fractions)
+                record.split = hash_split(record.image, *self._fractions)
         self._record_exclusions(num_excluded, grouper.num_empty_captions)
         by_split = self._split_dict(records, str(self._path), sorted(expected - {None}))
         return {s: self._generate_examples(rs, self._image_root) for s, rs in by_split.items()}
 
 
-class CocoCaptions(_CaptionBuilder, skip_registration=True):
+class CocoCaptions(UserDataBuilder, skip_registration=True):
     """Images and captions in COCO caption JSON files (`captions_<split>2017.json`)."""
 
     def __init__(

@@ -219,15 +219,15 @@ def test_coco_per_split_files(tmp_path, images):
 def test_hash_split_is_stable_and_proportional():
     # Pinned values: assignment must not change across runs, machines or Python versions.
     names = [f"img_{i:05d}.jpg" for i in range(20000)]
-    splits = [uc._hash_split(n, 0.1, 0.05) for n in names]
+    splits = [uc.hash_split(n, 0.1, 0.05) for n in names]
     assert hashlib.sha256(",".join(splits).encode()).hexdigest()[:12] == "eeee5ca556e8"
     counts = {s: splits.count(s) / len(names) for s in ("train", "validation", "test")}
     assert abs(counts["validation"] - 0.1) < 0.01 and abs(counts["test"] - 0.05) < 0.01
-    assert [uc._hash_split(f"img_{i}.jpg", 0.5, 0.0) for i in range(8)] == 4 * ["train"] + 4 * [
+    assert [uc.hash_split(f"img_{i}.jpg", 0.5, 0.0) for i in range(8)] == 4 * ["train"] + 4 * [
         "validation"
     ]
     # Growing the validation share only moves images out of train, never between val/test.
-    wider = [uc._hash_split(n, 0.2, 0.05) for n in names]
+    wider = [uc.hash_split(n, 0.2, 0.05) for n in names]
     assert all(w == s for s, w in zip(splits, wider, strict=True) if s != "train")
 
 
