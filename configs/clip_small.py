@@ -17,6 +17,8 @@ from ml_collections import ConfigDict
 
 def get_config(arg: str | None = None) -> ConfigDict:
     config = ConfigDict()
+    config.task = "contrastive"
+    config.init_from = ""  # a jaxmm run folder to start from (see jaxmm/train/pretrained.py)
     config.seed = 0
     config.batch_size = 256
     config.total_steps = 800
@@ -47,6 +49,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         embed_dim=128,
     )
     config.optim = dict(
+        name="adamw",
         learning_rate=2e-3,
         warmup_steps=100,
         end_factor=0.0,

@@ -15,6 +15,9 @@ from PIL import Image
 # OpenAI CLIP's normalisation constants (RGB, 0..1 scale).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# ImageNet's, which torchvision and timm weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def random_resized_crop_box(

@@ -23,11 +23,13 @@ Predict = Callable[[np.ndarray], Any]
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """`[N]` bool: whether `labels` is among the `k` largest of `logits [N, C]`.
 
-    Ties count against the label: it must beat all but at most k - 1 classes strictly.
+    Ties count against the label (its rank counts every other class scoring at least as
+    high), so a constant output is never right at top-1.
     """
     logits = np.asarray(logits, np.float64)
     label_logit = np.take_along_axis(logits, labels[:, None], axis=1)  # [N, 1]
-    return (logits > label_logit).sum(axis=1) < k
+    rank = (logits >= label_logit).sum(axis=1) - 1  # other classes at least as high
+    return rank < k
 
 
 def classification_metrics(

@@ -105,6 +105,10 @@ CLIP_VARIANTS: dict[str, dict[str, Any]] = {
         text=dict(width=768, num_heads=12, mlp_dim=3072),
         embed_dim=768,
     ),
+    # Any registry image model can be the tower (its `num_classes=0` features are projected);
+    # this one pairs torchvision's ResNet-50, BatchNorm and all, with CLIP's text tower at the
+    # width of OpenAI's RN50 (not OpenAI's ModifiedResNet, which is `clip_rn50`'s job).
+    "clip_resnet50": dict(image_tower="resnet50", text_tower="text_transformer", embed_dim=1024),
     "clip_test": dict(
         image_tower="vit_test",
         image=CLIP_VIT_STYLE,

@@ -13,6 +13,10 @@ Matches torchvision's `torchvision/models/resnet.py` (`ResNet`, `BasicBlock`, `B
   `[B, C]` (C = 512 for BasicBlock, 2048 for Bottleneck) so the model can serve as an image tower.
 
 Input: NHWC float images `[B, H, W, 3]` of any size (the pool is global).
+
+`stem='cifar'` is the common small-image variant (He et al. 2016, section 4.2, as used for
+CIFAR-sized inputs): a 3x3 stride-1 conv and no max pool, so a 32x32 image keeps 32x32
+features in the first stage instead of 8x8. It has no torchvision weights.
 """
 
 from __future__ import annotations
@@ -110,22 +114,31 @@ class ResNet(_Layers):
         stage_sizes: blocks per stage (torchvision's `layers`), four stages.
         width: channels of the stem and of the first stage; doubled at each later stage.
         num_classes: classifier outputs; 0 returns the pooled features.
+        stem: `'imagenet'` (7x7/2 conv + 3x3/2 max pool, torchvision) or `'cifar'` (3x3/1
+            conv, no pool, for 32 px images).
     """
 
     block: str = "bottleneck"
     stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
     width: int = 64
     num_classes: int = 1000
+    stem: str = "imagenet"
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
+        if self.stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
         block = BLOCKS[self.block]
-        x = self.conv(self.width, 7, 2, "conv1")(images.astype(self.dtype))  # [B, H/2, W/2, w]
-        x = nn.relu(self.norm("bn1")(x, train=train))
-        # Max pool pads with -inf (torch does too), so padding never wins the max.
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [B, H/4, W/4, w]
+        images = images.astype(self.dtype)
+        if self.stem == "imagenet":
+            x = self.conv(self.width, 7, 2, "conv1")(images)  # [B, H/2, W/2, w]
+            x = nn.relu(self.norm("bn1")(x, train=train))
+            # Max pool pads with -inf (torch does too), so padding never wins the max.
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [B, H/4, W/4, w]
+        else:
+            x = nn.relu(self.norm("bn1")(self.conv(self.width, 3, 1, "conv1")(images), train=train))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 stride = 2 if i > 0 and j == 0 else 1

@@ -1,4 +1,5 @@
-"""AdamW with linear warmup and cosine decay, as in the CLIP paper (section 2.5).
+"""Optimizers with linear warmup and cosine decay: AdamW (CLIP paper section 2.5, ViT/Swin
+recipes) or SGD with momentum (the ResNet/VGG/AlexNet recipes), picked by `optim.name`.
 
 Weight decay applies to weight matrices and convolution kernels only: never to
 biases, norm parameters, embeddings (token, positional, class token) or the
@@ -33,16 +34,27 @@ def weight_decay_mask(params) -> dict:
 
 
 def make_optimizer(config: ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW with the masked weight decay and the schedule."""
+    """Global-norm clipping (when `grad_clip_norm` > 0), then the optimizer with the masked
+    weight decay and the schedule."""
     schedule = learning_rate_schedule(config, total_steps)
-    return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip_norm),
-        optax.adamw(
+    name = config.get("name", "adamw")
+    if name == "adamw":
+        optimizer = optax.adamw(
             schedule,
             b1=config.b1,
             b2=config.b2,
             eps=config.eps,
             weight_decay=config.weight_decay,
             mask=weight_decay_mask,
-        ),
-    )
+        )
+    elif name == "sgd":
+        # Coupled L2 decay added to the gradient before momentum, as torch.optim.SGD does.
+        optimizer = optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+            optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+        )
+    else:
+        raise ValueError(f"unknown optimizer optim.name={name!r}; choose 'adamw' or 'sgd'")
+    if config.grad_clip_norm:
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    return optimizer

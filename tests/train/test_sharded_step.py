@@ -15,8 +15,8 @@ from flax import linen as nn
 
 from jaxmm import sharding
 from jaxmm.models import create_model
+from jaxmm.train.objectives import Classification, Contrastive, contrastive_loss
 from jaxmm.train.state import create_train_state
-from jaxmm.train.objectives import Contrastive, contrastive_loss
 from jaxmm.train.steps import make_train_step
 
 BATCH = 16
@@ -134,3 +134,43 @@ def test_logit_scale_is_clamped_after_the_update(batch):
     step = jax.jit(make_train_step(model, tx, Contrastive("infonce"), optax.constant_schedule(0.0)))
     state, _ = step(state, batch)
     assert float(state.params["logit_scale"]) == pytest.approx(np.log(100.0))
+
+
+def classification_step_on_mesh(mesh_shape, devices, images, labels):
+    """One SGD step of the tiny ResNet: loss, gradients and updated BatchNorm statistics."""
+    model = create_model("resnet_test")
+    tx = optax.sgd(0.1)
+    mesh = sharding.make_mesh(mesh_shape, devices)
+    state, shardings = create_train_state(lambda rng: model.init(rng, images[:1]), tx, mesh, seed=0)
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = jax.device_put({"image": images, "label": labels}, batch_sharding)
+    step = jax.jit(
+        make_train_step(model, tx, Classification(), optax.constant_schedule(0.1)),
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, None),
+    )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        new_state, metrics = step(state, batch)
+    return jax.device_get((metrics["loss"], new_state.params, new_state.model_state))
+
+
+def test_batch_norm_statistics_are_synchronised_across_devices(batch):
+    """BatchNorm over a batch split 8 ways must see the global batch (SyncBatchNorm).
+
+    Per-device statistics would normalise each 2-image shard by its own mean and variance,
+    changing the loss, the update and the running averages well beyond round-off.
+    """
+    rng = np.random.default_rng(1)
+    # Shards that differ in brightness, so per-device statistics would differ clearly.
+    images = batch["image"] + np.repeat(np.arange(8, dtype=np.float32), 2)[:, None, None, None]
+    labels = rng.integers(0, 10, size=BATCH).astype(np.int32)
+    loss1, params1, stats1 = classification_step_on_mesh(
+        {"data": 1}, jax.devices()[:1], images, labels
+    )
+    loss8, params8, stats8 = classification_step_on_mesh({"data": 8}, jax.devices(), images, labels)
+    # Tolerance: float32 round-off of reductions summed in another order (~1e-6 reached).
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    chex.assert_trees_all_close(stats8, stats1, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(params8, params1, rtol=1e-5, atol=1e-5)
+    # The statistics really moved: momentum 0.9 towards the batch's, from mean 0 / var 1.
+    assert np.abs(stats1["batch_stats"]["bn1"]["mean"]).max() > 1e-2
