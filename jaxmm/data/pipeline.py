@@ -134,9 +134,7 @@ def train_iterator(
         .shuffle(seed=seed)
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .random_map(
-            partial(_train_batch, source=source, example_fn=example_fn), seed=seed
-        )
+        .random_map(partial(_train_batch, source=source, example_fn=example_fn), seed=seed)
     )
     read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2)
     return iter(dataset.to_iter_dataset(read_options))
