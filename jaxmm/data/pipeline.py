@@ -53,12 +53,11 @@ def image_text_example(
     config: ConfigDict,
 ) -> dict[str, np.ndarray]:
     """One contrastive training example: the augmented image and one random caption."""
+    # The image draws from `rng` first: changing the order would change every run's stream.
+    image = augment_image(example["image"], rng, config)
     captions = example["captions"]
     caption = as_text(captions[rng.integers(len(captions))])
-    return {
-        "image": augment_image(example["image"], rng, config),
-        "tokens": tokenizer(caption, context_length=config.context_length)[0],
-    }
+    return {"image": image, "tokens": tokenizer(caption, context_length=config.context_length)[0]}
 
 
 def image_label_example(
