@@ -135,3 +135,20 @@ def test_swin_stochastic_depth_drops_whole_samples_in_train_mode_only():
     # which per-element dropout would never give.
     untouched = np.asarray(jnp.all(trained == x, axis=(1, 2, 3)))
     assert 0 < untouched.sum() < len(untouched), untouched
+
+
+VISION_TINY = [name for name in TINY if not name.startswith(("clip", "text"))]
+
+
+@pytest.mark.parametrize("tower", VISION_TINY)
+def test_every_tiny_image_model_serves_as_clip_image_tower(tower):
+    """Features before the head feed CLIP's projection (shapes traced, no compute)."""
+    model = create_model("clip_test", image_tower=tower)
+    images, tokens = _inputs(tower)[0], _inputs("clip_test")[1]
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images, tokens)
+    output = jax.eval_shape(model.apply, variables, images, tokens)
+    chex.assert_shape(output.image_embeddings, (2, model.embed_dim))
+    headless = create_model(tower, num_classes=0)
+    features = jax.eval_shape(headless.init_with_output, jax.random.PRNGKey(0), images)[0]
+    kernel = nn.unbox(variables["params"])["image_projection"]["kernel"]
+    assert kernel.shape[0] == features.shape[-1]  # the projection reads the tower's features
