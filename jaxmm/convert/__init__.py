@@ -24,7 +24,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from jaxmm.convert import timm, torchvision
+from jaxmm.convert import open_clip, open_clip_resnet, timm, torchvision
 from jaxmm.models import create_model
 from jaxmm.models.alexnet import ALEXNET_VARIANTS
 from jaxmm.models.mobilenet import (
@@ -32,6 +32,7 @@ from jaxmm.models.mobilenet import (
     MOBILENET_V2_VARIANTS,
     MOBILENET_V3_VARIANTS,
 )
+from jaxmm.models.modified_resnet import MODIFIED_RESNET_VARIANTS
 from jaxmm.models.resnet import RESNET_VARIANTS
 from jaxmm.models.swin import SWIN_VARIANTS
 from jaxmm.models.vgg import VGG_VARIANTS
@@ -47,6 +48,9 @@ _CONVERTERS: dict[str, ModuleType] = {
     **{name: timm for name in MOBILENET_V1_VARIANTS},
     **{name: torchvision for name in MOBILENET_V2_VARIANTS},
     **{name: torchvision for name in MOBILENET_V3_VARIANTS},
+    **{name: open_clip_resnet for name in MODIFIED_RESNET_VARIANTS},
+    **{name: open_clip for name in ("clip_vit_b32", "clip_vit_b16", "clip_vit_l14", "clip_test")},
+    **{name: open_clip for name in ("clip_rn50", "clip_rn101", "clip_rn_test")},
 }
 # torch's BatchNorm step counter: Flax has none, so `from_torch` drops it and `to_torch`
 # writes 0 next to every `running_mean` (strict `load_state_dict` wants the key).
@@ -73,14 +77,17 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def _flax_shapes(model: nn.Module, example: jax.ShapeDtypeStruct) -> dict[tuple[str, ...], tuple]:
+def _flax_shapes(
+    model: nn.Module, example: jax.ShapeDtypeStruct | tuple[jax.ShapeDtypeStruct, ...]
+) -> dict[tuple[str, ...], tuple]:
     """Flat Flax variable path `(collection, ...)` -> shape, from an abstract `init`.
 
-    `jax.eval_shape` traces without FLOPs or memory.
+    `example` is the input, or a tuple of inputs for models taking several (CLIP's images and
+    tokens). `jax.eval_shape` traces without FLOPs or memory.
     """
-    abstract = jax.eval_shape(
-        lambda: nn.unbox(model.init(jax.random.PRNGKey(0), jax.numpy.zeros(example.shape)))
-    )
+    examples = example if isinstance(example, tuple) else (example,)
+    inputs = [jax.numpy.zeros(e.shape, e.dtype) for e in examples]
+    abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), *inputs)))
     return {
         path: tuple(leaf.shape)
         for path, leaf in traverse_util.flatten_dict(dict(abstract)).items()
@@ -244,7 +251,9 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, Any]:
     """Reads a PyTorch checkpoint: `.pth`/`.pt`/`.bin` (torch) or `.safetensors`.
 
     Torch checkpoints are loaded with `weights_only=True` onto the CPU; a top-level
-    `state_dict` or `model` entry (training checkpoints) is unwrapped.
+    `state_dict` or `model` entry (training checkpoints) is unwrapped. TorchScript archives
+    (OpenAI's CLIP releases) are read through `torch.jit.load`. As in open_clip's loader, a
+    `module.` prefix on every key (saved from `DistributedDataParallel`) is removed.
 
     Raises:
         ImportError: the package the format needs (torch or safetensors) is not installed.
@@ -258,7 +267,7 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, Any]:
             raise ImportError(
                 f"reading {path.name} needs the 'safetensors' package: pip install safetensors"
             ) from err
-        return dict(load_file(str(path)))
+        return _strip_module_prefix(load_file(str(path)))
     if path.suffix in (".pth", ".pt", ".bin"):
         try:
             import torch
@@ -266,10 +275,30 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, Any]:
             raise ImportError(
                 f"reading {path.name} needs the 'torch' package: pip install 'jaxmm[parity]'"
             ) from err
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except RuntimeError as err:
+            if "TorchScript" not in str(err):
+                raise
+            # A TorchScript state dict also lists non-persistent buffers (open_clip's causal
+            # `attn_mask`, rebuilt by the model) and OpenAI's archives add config scalars that
+            # no parameter matches (open_clip's loader drops those too).
+            derived = ("attn_mask", "input_resolution", "context_length", "vocab_size")
+            checkpoint = {
+                key: value
+                for key, value in torch.jit.load(path, map_location="cpu").state_dict().items()
+                if key.rsplit(".", 1)[-1] not in derived
+            }
         for wrapper in ("state_dict", "model"):
             if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(wrapper), Mapping):
                 checkpoint = checkpoint[wrapper]
                 break
-        return dict(checkpoint)
+        return _strip_module_prefix(checkpoint)
     raise ValueError(f"unknown checkpoint format {path.suffix!r}; use .pth, .pt or .safetensors")
+
+
+def _strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    prefix = "module."
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        return {key.removeprefix(prefix): value for key, value in state_dict.items()}
+    return dict(state_dict)

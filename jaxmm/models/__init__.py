@@ -24,6 +24,7 @@ from jaxmm.models.mobilenet import (
     MobileNetV2,
     MobileNetV3,
 )
+from jaxmm.models.modified_resnet import MODIFIED_RESNET_VARIANTS, ModifiedResNet
 from jaxmm.models.resnet import RESNET_VARIANTS, ResNet
 from jaxmm.models.swin import SWIN_VARIANTS, SwinTransformer
 from jaxmm.models.text import TEXT_VARIANTS, TextTransformer
@@ -40,6 +41,7 @@ _FAMILIES: dict[str, tuple[type[nn.Module], Mapping[str, dict[str, Any]]]] = {
     "alexnet": (AlexNet, ALEXNET_VARIANTS),
     "vgg": (VGG, VGG_VARIANTS),
     "swin": (SwinTransformer, SWIN_VARIANTS),
+    "modified_resnet": (ModifiedResNet, MODIFIED_RESNET_VARIANTS),
 }
 _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     name: (module, row) for module, table in _FAMILIES.values() for name, row in table.items()
@@ -104,7 +106,10 @@ def _create_clip(
         image_name, **{**image_base, **(image or {}), **shared, "num_classes": 0}
     )
     tower_text = create_model(text_name, **{**text_base, **(text or {}), **shared})
-    clip_fields = {"embed_dim": variant["embed_dim"], **clip_overrides}
+    # A tower swapped in for one that ends in the embedding (ModifiedResNet) needs the projection.
+    project_image = variant.get("project_image", True) or image_tower is not None
+    clip_fields = {"embed_dim": variant["embed_dim"], "project_image": project_image}
+    clip_fields.update(clip_overrides)
     return _build(
         CLIP, {}, {"image_tower": tower_image, "text_tower": tower_text, **clip_fields}, name
     )

@@ -41,6 +41,8 @@ class CLIP(nn.Module):
     embed_dim: int = 512
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None
+    # False for towers that already end in the embedding (ModifiedResNet's attention pool).
+    project_image: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -57,7 +59,8 @@ class CLIP(nn.Module):
                 name=name,
             )
 
-        self.image_projection = projection("image_projection")
+        if self.project_image:
+            self.image_projection = projection("image_projection")
         self.text_projection = projection("text_projection")
         self.logit_scale = self.param(
             "logit_scale", nn.initializers.constant(self.init_logit_scale), (), jnp.float32
@@ -69,7 +72,8 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """`[B, H, W, 3]` normalised images -> `[B, E]` unit embeddings."""
-        return l2_normalize(self.image_projection(self.image_tower(images, train=train)))
+        features = self.image_tower(images, train=train)
+        return l2_normalize(self.image_projection(features) if self.project_image else features)
 
     def encode_text(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
         """`[B, L]` token ids -> `[B, E]` unit embeddings."""
@@ -109,6 +113,26 @@ CLIP_VARIANTS: dict[str, dict[str, Any]] = {
     # this one pairs torchvision's ResNet-50, BatchNorm and all, with CLIP's text tower at the
     # width of OpenAI's RN50 (not OpenAI's ModifiedResNet, which is `clip_rn50`'s job).
     "clip_resnet50": dict(image_tower="resnet50", text_tower="text_transformer", embed_dim=1024),
+    # OpenAI's ResNet CLIPs (open_clip's RN50.json / RN101.json): the attention pool's c_proj
+    # already maps to embed_dim, so the image side has no separate projection.
+    "clip_rn50": dict(
+        image_tower="modified_resnet50",
+        text_tower="text_transformer",
+        embed_dim=1024,
+        project_image=False,
+    ),
+    "clip_rn101": dict(
+        image_tower="modified_resnet101",
+        text_tower="text_transformer",
+        embed_dim=512,
+        project_image=False,
+    ),
+    "clip_rn_test": dict(
+        image_tower="modified_resnet_test",
+        text_tower="text_transformer_test",
+        embed_dim=32,
+        project_image=False,
+    ),
     "clip_test": dict(
         image_tower="vit_test",
         image=CLIP_VIT_STYLE,

@@ -36,8 +36,9 @@ _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _CONV_AXES = ("conv_h", "conv_w", "channels", "embed")
 
 
-class _Layers(nn.Module):
-    """Shared factories for the conv and BatchNorm layers (holds dtype settings)."""
+class ConvBnLayers(nn.Module):
+    """Bias-free conv and BatchNorm factories shared by the ResNet families (torchvision's and
+    OpenAI's ModifiedResNet); holds the dtype settings."""
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -60,7 +61,7 @@ class _Layers(nn.Module):
         return BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
 
-class BasicBlock(_Layers):
+class BasicBlock(ConvBnLayers):
     """Two 3x3 convs: `[B, H, W, Cin]` -> `[B, H / s, W / s, features]` (expansion 1)."""
 
     features: int = 64
@@ -75,7 +76,7 @@ class BasicBlock(_Layers):
         return nn.relu(y + _shortcut(self, x, self.features, train))
 
 
-class Bottleneck(_Layers):
+class Bottleneck(ConvBnLayers):
     """1x1 reduce, 3x3 (strided, v1.5), 1x1 expand: -> `[B, H / s, W / s, 4 * features]`."""
 
     features: int = 64
@@ -106,7 +107,7 @@ BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
 }
 
 
-class ResNet(_Layers):
+class ResNet(ConvBnLayers):
     """ResNet classifier: `[B, H, W, 3]` -> logits `[B, num_classes]` (features if 0).
 
     Attributes:
