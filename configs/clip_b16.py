@@ -52,7 +52,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.log_every = 100
     config.checkpoint_every = 2000
     config.keep_checkpoints = 3
-    config.eval = dict(split="validation", templates="imagenet", batch_size=1024, every=10_000)
+    config.eval.update(
+        dict(
+            split="validation",
+            templates="imagenet",
+            batch_size=1024,
+            every=10_000,
+            probe_split="train",  # probes need labels: a labelled dataset's train split
+        )
+    )
 
     if arg == "smoke":
         small = clip_small.get_config("smoke")

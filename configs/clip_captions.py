@@ -40,7 +40,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.mean, config.data.std = CLIP_MEAN, CLIP_STD
     config.tokenizer.vocab_size = 4096
     config.model.text.context_length = 32
-    config.eval = dict(split="validation", templates="simple", batch_size=256, every=0)
+    config.eval.update(
+        dict(split="validation", templates="simple", batch_size=256, every=0, probe_split="train")
+    )
 
     if arg == "smoke":
         smoke = clip_small.get_config("smoke")

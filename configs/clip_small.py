@@ -63,7 +63,21 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 2
     config.progress_bar = True
-    config.eval = dict(split="test", templates="shapes", batch_size=512, every=0)
+    config.eval = dict(
+        split="test",
+        templates="shapes",
+        batch_size=512,
+        every=0,
+        # Probes of the frozen image features, run only by `python -m jaxmm.evaluate`: a
+        # logistic-regression linear probe and k-shot prototypes, e.g. few_shot=(1, 5, 10).
+        linear_probe=False,
+        few_shot=(),
+        # The labelled split the probes learn from (clip_shapes' train split has no labels);
+        # probe_val_fraction of it, drawn with probe_seed, chooses the probe's L2 strength.
+        probe_split="validation",
+        probe_val_fraction=0.2,
+        probe_seed=0,
+    )
 
     if arg == "smoke":
         config.batch_size = 16

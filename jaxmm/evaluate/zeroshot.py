@@ -224,15 +224,16 @@ def zeroshot_metrics(
       chunk_size: images scored at a time.
 
     Returns:
-      `{"top1": ..., "top5": ..., "per_class_top1": ...}` as Python floats in [0, 1].
-      `per_class_top1` is the mean over classes that have at least one selected example of
-      their top-1 recall ("balanced accuracy"; classes absent from the selection are left
-      out, as in scikit-learn's `balanced_accuracy_score`).
+      `{"top1": ..., "top5": ..., "mean_class_top1": ...}` as Python floats in [0, 1].
+      `mean_class_top1` (named as in `classification_metrics`) is the mean over classes
+      that have at least one selected example of their top-1 recall ("balanced accuracy";
+      classes absent from the selection are left out, as in scikit-learn's
+      `balanced_accuracy_score`).
     """
     labels = np.asarray(labels)
     num_classes = classifier.shape[0]
     ranks = true_class_ranks(image_embeddings, labels, classifier, chunk_size)
     ranks, labels = _select(ranks, labels, mask)
     metrics = {f"top{k}": float(np.mean(ranks < k)) for k in topk if k <= num_classes}
-    metrics["per_class_top1"] = float(np.nanmean(_per_class_top1(ranks, labels, num_classes)))
+    metrics["mean_class_top1"] = float(np.nanmean(_per_class_top1(ranks, labels, num_classes)))
     return metrics

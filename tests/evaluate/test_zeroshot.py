@@ -140,10 +140,10 @@ def test_metrics_hand_worked():
     # top1: images 0, 1, 3, 5 -> 4/6.  top2: every rank <= 1 -> 1.  No top5 with 3 classes.
     # Per class: class 0 {0, 5} -> 2/2; class 1 {1, 2, 4} -> 1/3; class 2 {3} -> 1/1.
     # Balanced: (1 + 1/3 + 1) / 3 = 7/9.
-    assert set(metrics) == {"top1", "top2", "per_class_top1"}
+    assert set(metrics) == {"top1", "top2", "mean_class_top1"}
     assert all(type(v) is float for v in metrics.values())
     chex.assert_trees_all_close(
-        metrics, {"top1": 4 / 6, "top2": 1.0, "per_class_top1": 7 / 9}, atol=1e-12, rtol=0
+        metrics, {"top1": 4 / 6, "top2": 1.0, "mean_class_top1": 7 / 9}, atol=1e-12, rtol=0
     )
 
 
@@ -161,7 +161,9 @@ def test_metrics_mask():
     # Kept: images 0 (hit), 1 (hit), 2 (miss), 4 (miss) -> top1 2/4.
     # Class 0 {0} -> 1; class 1 {1, 2, 4} -> 1/3; class 2 has no kept example: left out.
     # Balanced: (1 + 1/3) / 2 = 2/3.
-    chex.assert_trees_all_close(metrics, {"top1": 0.5, "per_class_top1": 2 / 3}, atol=1e-12, rtol=0)
+    chex.assert_trees_all_close(
+        metrics, {"top1": 0.5, "mean_class_top1": 2 / 3}, atol=1e-12, rtol=0
+    )
     per_class = zeroshot.per_class_accuracy(_IMAGES, _LABELS, _CLASSIFIER, mask=mask)
     np.testing.assert_allclose(per_class, [1.0, 1 / 3, np.nan], rtol=0, atol=1e-12)
     # Masking equals evaluating the subset.
@@ -205,7 +207,7 @@ def _reference_metrics(images, labels, classifier, topk):
     )
     metrics = {f"top{k}": float(np.mean(ranks < k)) for k in topk if k <= classifier.shape[0]}
     recalls = [np.mean(ranks[labels == c] == 0) for c in np.unique(labels)]
-    metrics["per_class_top1"] = float(np.mean(recalls))
+    metrics["mean_class_top1"] = float(np.mean(recalls))
     return ranks, metrics
 
 
