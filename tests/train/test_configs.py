@@ -92,7 +92,23 @@ def test_smoke_setting_trains(name, tmp_path):
         assert 0 <= metrics["zeroshot/top1"] <= 1
 
 
-@pytest.mark.parametrize("name", CLASSIFICATION)
+# One config per real dataset: the other ImageNet/CIFAR configs share these data sections
+# (asserted below) and differ in model and optimizer, which their smoke runs exercise.
+MOCKED = {"resnet50_imagenet": "imagenet2012", "resnet18_cifar10": "cifar10"}
+
+
+def test_mocked_configs_stand_for_every_dataset_config():
+    for name in CLASSIFICATION:
+        data = CONFIGS[name].get_config().data
+        if data.name == "clip_shapes":
+            continue
+        twin = next(m for m, dataset in MOCKED.items() if dataset == data.name)
+        reference = CONFIGS[twin].get_config().data
+        for key in ("name", "train_split", "label_key", "eval_crop_fraction"):
+            assert data[key] == reference[key], (name, key)
+
+
+@pytest.mark.parametrize("name", sorted(MOCKED))
 def test_real_dataset_plumbing_under_mock_data(name, tmp_path, monkeypatch):
     """The full config's dataset (imagenet2012, cifar10) read through tfds's mock data.
 
@@ -105,8 +121,7 @@ def test_real_dataset_plumbing_under_mock_data(name, tmp_path, monkeypatch):
         pipeline, "_read_batch", lambda source, indices: [source[int(i)] for i in indices]
     )
     config = CONFIGS[name].get_config()
-    if config.data.name == "clip_shapes":
-        pytest.skip("the built-in dataset is exercised for real by the smoke test")
+    assert config.data.name == MOCKED[name]
     smoke = CONFIGS[name].get_config("smoke")
     for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "model", "eval"):
         config[key] = smoke[key]
