@@ -58,6 +58,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         eps=1e-6,
         weight_decay=0.1,
         grad_clip_norm=1.0,
+        # Parameter-path prefixes left untouched, e.g. ("image_tower",) for LiT.
+        frozen=(),
     )
     config.log_every = 20
     config.checkpoint_every = 500

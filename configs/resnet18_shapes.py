@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         warmup_steps=50,
         end_factor=0.0,
         grad_clip_norm=0.0,
+        frozen=(),
     )
     config.log_every = 20
     config.checkpoint_every = 500

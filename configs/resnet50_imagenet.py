@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         warmup_steps=steps_for(5, config.batch_size),
         end_factor=0.0,
         grad_clip_norm=0.0,
+        frozen=(),
     )
     config.log_every = 100
     config.checkpoint_every = 2000

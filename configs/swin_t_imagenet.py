@@ -26,5 +26,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
         warmup_steps=resnet50_imagenet.steps_for(20, config.batch_size),
         end_factor=0.0,
         grad_clip_norm=5.0,
+        frozen=(),
     )
     return resnet50_imagenet.smoke_or_full(config, arg, "swin_test")

@@ -1,6 +1,11 @@
 """Optimizers with linear warmup and cosine decay: AdamW (CLIP paper section 2.5, ViT/Swin
 recipes) or SGD with momentum (the ResNet/VGG/AlexNet recipes), picked by `optim.name`.
 
+`optim.frozen` lists parameter-path prefixes that the optimizer leaves untouched (their
+updates are zero, so weight decay does not shrink them either): `("image_tower",)` is
+locked-image tuning (LiT, Zhai et al. 2022) with a converted image tower, and freezing
+everything but a classifier's head gives a fine-tuned linear probe.
+
 Weight decay applies to weight matrices and convolution kernels only: never to
 biases, norm parameters, embeddings (token, positional, class token) or the
 temperature, all of which have no `kernel` in their name.
@@ -33,6 +38,18 @@ def weight_decay_mask(params) -> dict:
     )
 
 
+def frozen_labels(params, prefixes: tuple[str, ...]) -> dict:
+    """`'frozen'` for the leaves under one of `prefixes` ('/'-joined module paths such as
+    `'image_tower'` or `'encoder/block_0'`), `'trained'` for the rest."""
+
+    def label(path, _):
+        name = "/".join(str(getattr(key, "key", key)) for key in path)
+        under = any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
+        return "frozen" if under else "trained"
+
+    return jax.tree_util.tree_map_with_path(label, nn.unbox(params))
+
+
 def make_optimizer(config: ConfigDict, total_steps: int) -> optax.GradientTransformation:
     """Global-norm clipping (when `grad_clip_norm` > 0), then the optimizer with the masked
     weight decay and the schedule."""
@@ -56,5 +73,11 @@ def make_optimizer(config: ConfigDict, total_steps: int) -> optax.GradientTransf
     else:
         raise ValueError(f"unknown optimizer optim.name={name!r}; choose 'adamw' or 'sgd'")
     if config.grad_clip_norm:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+        optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    frozen = tuple(config.get("frozen", ()))
+    if frozen:
+        optimizer = optax.multi_transform(
+            {"trained": optimizer, "frozen": optax.set_to_zero()},
+            lambda params: frozen_labels(params, frozen),
+        )
     return optimizer
