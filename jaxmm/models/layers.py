@@ -294,3 +294,29 @@ def adaptive_avg_pool(x: jax.Array, output_size: int | tuple[int, int]) -> jax.A
     """
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
     return _adaptive_avg_pool_axis(_adaptive_avg_pool_axis(x, 1, out_h), 2, out_w)
+
+
+_LECUN_NORMAL = nn.initializers.lecun_normal()
+
+
+def classifier_head(
+    num_classes: int,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str,
+    kernel_init: nn.initializers.Initializer = _LECUN_NORMAL,
+) -> nn.Dense:
+    """The final Linear of an image classifier, `[B, D]` -> `[B, num_classes]`.
+
+    Its input dimension is sharded like every `embed` axis; the classes stay whole. The
+    references' inits differ (torch's Linear default, N(0, 0.01), zeros for timm's ViT);
+    converted weights replace them, so each model passes the init it trains best from.
+    """
+    return nn.Dense(
+        num_classes,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(kernel_init, ("embed", None)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+        name=name,
+    )

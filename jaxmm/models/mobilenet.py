@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxmm.models.layers import BatchNorm
+from jaxmm.models.layers import BatchNorm, classifier_head
 
 Dtype = Any
 
@@ -115,14 +115,9 @@ class _Module(nn.Module):
         )
 
     def dense(self, features: int, name: str) -> nn.Dense:
-        return nn.Dense(
-            features,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            # The references init Linear with normal(0, 0.01); any sane init trains.
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.01), ("embed", None)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-            name=name,
+        # The references init Linear with normal(0, 0.01); any sane init trains.
+        return classifier_head(
+            features, self.dtype, self.param_dtype, name, kernel_init=nn.initializers.normal(0.01)
         )
 
 

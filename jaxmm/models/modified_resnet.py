@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import linen as nn
 
+from jaxmm.models.layers import classifier_head
 from jaxmm.models.resnet import ConvBnLayers
 
 Dtype = Any
@@ -161,16 +162,7 @@ class ModifiedResNet(ConvBnLayers):
         )(x)
         if not self.num_classes:
             return x
-        return nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("embed", None)
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-            name="head",
-        )(x)
+        return classifier_head(self.num_classes, self.dtype, self.param_dtype, "head")(x)
 
 
 # open_clip's `model_configs/RN50.json` and `RN101.json` (CLIP paper, Table 19): width 64,

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxmm.models.layers import BatchNorm
+from jaxmm.models.layers import BatchNorm, classifier_head
 
 Dtype = Any
 
@@ -154,17 +154,7 @@ class ResNet(ConvBnLayers):
         x = x.mean(axis=(1, 2))  # [B, C]
         if not self.num_classes:
             return x
-        return nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            # torchvision keeps nn.Linear's default init for `fc`; any sane init works here.
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("embed", None)
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-            name="fc",
-        )(x)
+        return classifier_head(self.num_classes, self.dtype, self.param_dtype, "fc")(x)
 
 
 # Depths from Table 1 of the ResNet paper.

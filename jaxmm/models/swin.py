@@ -34,7 +34,7 @@ import numpy as np
 from einops import rearrange
 from flax import linen as nn
 
-from jaxmm.models.layers import DenseNd, MlpBlock, layer_norm
+from jaxmm.models.layers import DenseNd, MlpBlock, classifier_head, layer_norm
 
 Dtype = Any
 Pair = tuple[int, int]
@@ -286,16 +286,7 @@ class SwinTransformer(nn.Module):
         x = ln("norm")(x).mean(axis=(1, 2))  # [B, embed_dim * 2**(stages - 1)]
         if not self.num_classes:
             return x
-        return nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("embed", None)
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-            name="head",
-        )(x)
+        return classifier_head(self.num_classes, self.dtype, self.param_dtype, "head")(x)
 
 
 # Swin-T/S/B from Section 3.3 of the Swin paper: C = 96/96/128, depths 2-2-6-2 / 2-2-18-2,

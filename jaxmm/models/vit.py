@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import linen as nn
 
-from jaxmm.models.layers import ACTIVATIONS, Encoder, layer_norm
+from jaxmm.models.layers import ACTIVATIONS, Encoder, classifier_head, layer_norm
 
 Dtype = Any
 
@@ -135,13 +135,12 @@ class VisionTransformer(nn.Module):
         x = ln("norm")(x)
         if not self.num_classes:
             return x
-        return nn.Dense(
+        return classifier_head(
             self.num_classes,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", None)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-            name="head",
+            self.dtype,
+            self.param_dtype,
+            "head",
+            kernel_init=nn.initializers.zeros,  # a zero head, as big_vision's ViT
         )(x)
 
 
