@@ -19,20 +19,12 @@ import jaxmm.train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics go here (default runs/NAME).")
-flags.DEFINE_bool(
-    "multihost",
-    False,
-    "Call jax.distributed.initialize() first; it finds the coordinator, process count and id "
-    "on Cloud TPU and SLURM, or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
-)
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if flags.FLAGS.multihost:
-        jax.distributed.initialize()
     config_path = flags.FLAGS["config"].config_filename
     workdir = flags.FLAGS.workdir or os.path.join(
         "runs", os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]

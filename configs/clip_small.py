@@ -14,6 +14,8 @@ for tests.
 
 from ml_collections import ConfigDict
 
+import configs
+
 
 def get_config(arg: str | None = None) -> ConfigDict:
     config = ConfigDict()
@@ -23,7 +25,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.batch_size = 256
     config.total_steps = 800
     config.loss = "infonce"  # or "siglip" (adds the learnable logit bias)
-    config.mesh = dict(data=-1, fsdp=1, model=1)
+    # How the loss meets the [N, N] logits (jaxmm/ring_losses.py): "global" builds the whole
+    # matrix; "chunked" goes through it in blocks of loss_chunk_size rows; "ring" keeps
+    # each device on its local batch and passes the text embeddings round the devices.
+    config.loss_impl = "global"
+    config.loss_chunk_size = 256
+    config.mesh = configs.MESH
+    config.distributed = configs.DISTRIBUTED
 
     config.data = dict(
         name="clip_shapes",

@@ -14,6 +14,8 @@ the other classification configs reuse that smoke setting.
 
 from ml_collections import ConfigDict
 
+import configs
+
 
 def get_config(arg: str | None = None) -> ConfigDict:
     config = ConfigDict()
@@ -24,7 +26,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.seed = 0
     config.batch_size = 128
     config.total_steps = 400
-    config.mesh = dict(data=-1, fsdp=1, model=1)
+    config.mesh = configs.MESH
+    config.distributed = configs.DISTRIBUTED
     config.label_smoothing = 0.0
 
     config.data = dict(

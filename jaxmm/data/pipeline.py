@@ -6,12 +6,15 @@ captions of the image) and `image_id`; classification-style ones add `label`.
 Classification datasets (tfds ones such as `cifar10`, the `image_folder` builder)
 need only `image` and a class feature (`data.label_key`, `label` by default).
 
-Training: process shard -> shuffle (reshuffled each epoch) -> repeat -> batch of
-indices -> batched read -> per-example augmentation and target (a tokenised random
-caption, or the label).
+Training: shuffle (reshuffled each epoch) -> repeat -> global batch of indices ->
+this process's slice of it -> batched read -> per-example augmentation and target (a
+tokenised random caption, or the label).
 grain derives each batch's random generator from the seed and the batch's position,
-so the stream is deterministic and its iterator state (a position) is checkpointed with
-the model; a resumed run sees exactly the batches an uninterrupted one would.
+and every example of the global batch gets its own generator drawn from it, so the
+stream is deterministic and does not depend on how many processes share the batch: a
+run on 2 hosts trains on exactly the examples, crops and captions of a run on one.
+The iterator state (a position) is checkpointed with the model; a resumed run sees
+exactly the batches an uninterrupted one would, on any number of processes.
 """
 
 from __future__ import annotations
@@ -86,8 +89,16 @@ def _train_batch(
     *,
     source: Sequence[dict[str, Any]],
     example_fn: ExampleFn,
+    process_slice: slice,
 ) -> dict[str, np.ndarray]:
-    examples = [example_fn(example, rng) for example in _read_batch(source, indices)]
+    """This process's part of one global batch of `indices`, read and augmented."""
+    # One seed per example of the *global* batch, drawn before slicing, so an example's
+    # augmentation is the same whichever process reads it.
+    seeds = rng.integers(2**63, size=len(indices))[process_slice]
+    examples = [
+        example_fn(example, np.random.default_rng(seed))
+        for example, seed in zip(_read_batch(source, indices[process_slice]), seeds, strict=True)
+    ]
     return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
 
 
@@ -114,26 +125,38 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.DatasetIterator:
-    """An endless, checkpointable iterator of batches for this process.
+    """An endless, checkpointable iterator of this process's slices of the global batches.
 
     Args:
         source: a random-access data source (`builder.as_data_source(split)`).
         example_fn: `(example, rng) -> arrays`, e.g. `partial(image_text_example, ...)`; the
             batch stacks its outputs key by key.
         config: the `data` section of the experiment config.
-        batch_size: examples per batch on this process (global batch / process count).
+        batch_size: the global batch size; each process gets `batch_size // process_count`
+            consecutive examples of every global batch.
+        process_index, process_count: this process's place in a multi-process run.
     """
-    if len(source) < process_count:
-        raise ValueError(f"a split of {len(source)} examples cannot feed {process_count} processes")
-    # Shuffle and batch example *indices*, then read and augment a whole batch at
-    # once; grain seeds each batch's generator from (seed, batch position).
+    if not len(source):
+        raise ValueError("the training split is empty: there is nothing to train on")
+    if batch_size % process_count:
+        raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes")
+    local = batch_size // process_count
+    # Shuffle and batch example *indices*, then read and augment this process's part of
+    # each batch at once; grain seeds each batch's generator from (seed, batch position).
     dataset = (
         grain.MapDataset.range(len(source))
-        .slice(slice(process_index, None, process_count))
         .shuffle(seed=seed)
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .random_map(partial(_train_batch, source=source, example_fn=example_fn), seed=seed)
+        .random_map(
+            partial(
+                _train_batch,
+                source=source,
+                example_fn=example_fn,
+                process_slice=slice(process_index * local, (process_index + 1) * local),
+            ),
+            seed=seed,
+        )
     )
     read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2)
     return iter(dataset.to_iter_dataset(read_options))

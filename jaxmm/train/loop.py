@@ -25,13 +25,14 @@ from ml_collections import ConfigDict
 
 from jaxmm import sharding
 from jaxmm.data import datasets, pipeline
-from jaxmm.train import tasks
+from jaxmm.train import distributed, tasks
 from jaxmm.train.checkpoint import Checkpointer
 from jaxmm.train.metric_writer import MetricWriter
-from jaxmm.train.optimizer import learning_rate_schedule, make_optimizer
-from jaxmm.train.pretrained import load_pretrained
+from jaxmm.train.optimizer import ParamGroups, learning_rate_schedule, make_optimizer
+from jaxmm.train.pretrained import load_pretrained, load_variables
 from jaxmm.train.state import abstract_state, create_train_state
 from jaxmm.train.steps import make_train_step
+from jaxmm.train.wise import evaluate_interpolations, wise_alphas
 
 
 def validate_config(config: ConfigDict, mesh: Mesh) -> None:
@@ -53,6 +54,7 @@ def validate_config(config: ConfigDict, mesh: Mesh) -> None:
         )
     if config.total_steps < 1:
         raise ValueError(f"total_steps must be positive, got {config.total_steps}")
+    wise_alphas(config)  # raises on alphas outside [0, 1] or without init_from
 
 
 def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
@@ -65,6 +67,7 @@ def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax
 
 def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir`, evaluates it, and returns the final metrics."""
+    distributed.initialize(config.distributed)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh.to_dict())
@@ -72,7 +75,9 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-    builder = datasets.prepare_builder(config.data)
+    builder = distributed.first_process_then_others(
+        "prepare_data", lambda: datasets.prepare_builder(config.data)
+    )
     task = tasks.make_task(config, builder, workdir)
     model = task.model
     tx = make_optimizer(config.optim, config.total_steps)
@@ -91,7 +96,7 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         builder.as_data_source(config.data.get("train_split", "train")),
         task.example_fn,
         config.data,
-        batch_size=config.batch_size // jax.process_count(),
+        batch_size=config.batch_size,
         seed=config.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -110,7 +115,9 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
 
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(
-        make_train_step(model, tx, task.objective, schedule),
+        make_train_step(
+            model, tx, task.objective, schedule, ParamGroups.from_config(config.optim).is_locked
+        ),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
@@ -150,6 +157,11 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         progress.close()
         checkpointer.close()
         eval_metrics = evaluate(state.variables)
+        if alphas := wise_alphas(config):
+            # WiSE-FT: the fine-tuned model mixed with the one it started from (loaded again,
+            # as a resumed run no longer holds it).
+            zeroshot = load_variables(config.init_from, task)
+            eval_metrics |= evaluate_interpolations(evaluate, zeroshot, state.variables, alphas)
     writer.write(config.total_steps, eval_metrics)
     writer.close()
     if jax.process_index() == 0:

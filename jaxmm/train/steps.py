@@ -21,30 +21,51 @@ from jaxmm.train.objectives import Objective
 from jaxmm.train.state import TrainState
 
 
+def inference_mode_where(locked: Callable[[tuple[str, ...]], bool]):
+    """A context in which every module whose path `locked(path)` accepts is called with
+    `train=False`, whatever its parent passes (and so are the modules it calls).
+
+    A locked tower (`optim.frozen`) runs as LiT runs it, in inference mode: its parameters
+    never change, so its BatchNorm normalises with, and keeps, the running statistics it was
+    loaded with, and its dropout is off. The interception works for any model whose modules
+    take `train` as a keyword, as jaxmm's do, with no per-model flag.
+    """
+
+    def interceptor(next_fun, args, kwargs, context):
+        if kwargs.get("train") and locked(context.module.path):
+            kwargs = {**kwargs, "train": False}
+        return next_fun(*args, **kwargs)
+
+    return nn.intercept_methods(interceptor)
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     objective: Objective,
     schedule: optax.Schedule,
+    locked: Callable[[tuple[str, ...]], bool] = lambda module_path: False,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """`(state, batch) -> (state, metrics)`; jit it with the state donated.
 
     The forward pass runs in train mode: dropout draws from a key derived from the state's
     RNG and step (so a resumed run draws the same masks), and the model's non-parameter
-    collections (BatchNorm statistics) come back updated.
+    collections (BatchNorm statistics) come back updated. Modules whose path `locked`
+    accepts (`ParamGroups.is_locked`: all their parameters frozen) run in inference mode.
     """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         dropout_rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
-            outputs, model_state = model.apply(
-                {"params": params, **state.model_state},
-                *objective.inputs(batch),
-                train=True,
-                rngs={"dropout": dropout_rng},
-                mutable=list(state.model_state),
-            )
+            with inference_mode_where(locked):
+                outputs, model_state = model.apply(
+                    {"params": params, **state.model_state},
+                    *objective.inputs(batch),
+                    train=True,
+                    rngs={"dropout": dropout_rng},
+                    mutable=list(state.model_state),
+                )
             loss, metrics = objective.loss(outputs, batch)
             return loss, (metrics, model_state)
 
@@ -69,12 +90,19 @@ def make_train_step(
     return train_step
 
 
-def _sharded_over_batch(mesh: Mesh) -> dict[str, Any]:
-    """jit arguments: inputs split over the mesh's batch axes, outputs replicated, so every
-    process (of a multi-host run too) can read them whole."""
-    return dict(
-        in_shardings=(None, sharding.batch_sharding(mesh)), out_shardings=sharding.replicated(mesh)
+def _jit_over_batch(fn: Callable[[Any, Any], jax.Array], mesh: Mesh) -> Callable[..., jax.Array]:
+    """jit `fn(variables, batch)` with the batch split over the mesh's batch axes and the output
+    replicated, so every process (of a multi-host run too) can read it whole; every process
+    passes the same whole host batch."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    jitted = jax.jit(
+        fn, in_shardings=(None, batch_sharding), out_shardings=sharding.replicated(mesh)
     )
+
+    def call(variables: Any, batch: Any) -> jax.Array:
+        return jitted(variables, sharding.global_array_from_host(batch, batch_sharding))
+
+    return call
 
 
 def make_encoders(
@@ -88,10 +116,7 @@ def make_encoders(
     def encode_text(variables: Any, tokens: jax.Array) -> jax.Array:
         return model.apply(variables, tokens, method=model.encode_text)
 
-    return (
-        jax.jit(encode_image, **_sharded_over_batch(mesh)),
-        jax.jit(encode_text, **_sharded_over_batch(mesh)),
-    )
+    return _jit_over_batch(encode_image, mesh), _jit_over_batch(encode_text, mesh)
 
 
 def make_predict(model: nn.Module, mesh: Mesh) -> Callable[..., jax.Array]:
@@ -100,4 +125,4 @@ def make_predict(model: nn.Module, mesh: Mesh) -> Callable[..., jax.Array]:
     def predict(variables: Any, images: jax.Array) -> jax.Array:
         return model.apply(variables, images)
 
-    return jax.jit(predict, **_sharded_over_batch(mesh))
+    return _jit_over_batch(predict, mesh)

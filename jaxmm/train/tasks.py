@@ -27,7 +27,7 @@ from jaxmm.data.tokenizer import Tokenizer, load_clip_tokenizer, train_bpe_token
 from jaxmm.evaluate.classification import evaluate_classifier
 from jaxmm.evaluate.image_text import evaluate_image_text
 from jaxmm.models import create_model
-from jaxmm.train import objectives
+from jaxmm.train import distributed, objectives
 from jaxmm.train.steps import make_encoders, make_predict
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -68,8 +68,9 @@ def build_tokenizer(config: ConfigDict, builder, workdir: pathlib.Path) -> Token
     return tokenizer
 
 
-def build_clip_model(config: ConfigDict, vocab_size: int) -> nn.Module:
-    """The CLIP model of `config.model`, its text vocabulary sized to the tokenizer.
+def clip_model_overrides(config: ConfigDict, vocab_size: int) -> tuple[str, dict[str, Any]]:
+    """`(registry name, overrides)` of the CLIP model of `config.model`, its text vocabulary
+    sized to the tokenizer.
 
     With `config.loss == "siglip"` the model gets SigLIP's learnable logit bias.
     """
@@ -80,7 +81,7 @@ def build_clip_model(config: ConfigDict, vocab_size: int) -> nn.Module:
         overrides.setdefault("init_logit_scale", math.log(10.0))
         overrides.setdefault("init_logit_bias", -10.0)
     overrides["text"] = {**overrides.get("text", {}), "vocab_size": vocab_size}
-    return create_model(name, **overrides)
+    return name, overrides
 
 
 class ContrastiveTask:
@@ -88,10 +89,18 @@ class ContrastiveTask:
 
     def __init__(self, config: ConfigDict, builder: tfds.core.DatasetBuilder, workdir):
         self.config, self.builder = config, builder
-        self.tokenizer = build_tokenizer(config.tokenizer, builder, pathlib.Path(workdir))
-        self.model = build_clip_model(config, self.tokenizer.vocab_size)
-        self.model_name, self.model_overrides = config.model.name, {}
-        self.objective = objectives.Contrastive(config.loss)
+        # Process 0 trains and saves the tokenizer; the others then load its file.
+        self.tokenizer = distributed.first_process_then_others(
+            "tokenizer", lambda: build_tokenizer(config.tokenizer, builder, pathlib.Path(workdir))
+        )
+        # The overrides also rebuild this model to convert a PyTorch `init_from` checkpoint.
+        self.model_name, self.model_overrides = clip_model_overrides(
+            config, self.tokenizer.vocab_size
+        )
+        self.model = create_model(self.model_name, **self.model_overrides)
+        self.objective = objectives.Contrastive(
+            config.loss, config.loss_impl, config.loss_chunk_size
+        )
         self.example_fn = partial(
             pipeline.image_text_example, tokenizer=self.tokenizer, config=config.data
         )
