@@ -44,6 +44,31 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def logical_rules(overrides=()) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+    """`DEFAULT_RULES` with some logical names mapped elsewhere (the config's `mesh_rules`).
+
+    Args:
+        overrides: `(logical_name, mesh_axes)` pairs, e.g. `(("embed", None),)` to keep the
+            parameters whole on the `fsdp` axis, or `(("heads", None), ("mlp", None))` to turn
+            tensor parallelism off; `mesh_axes` is a mesh axis, a tuple of them, or None.
+
+    Raises:
+        ValueError: an unknown logical name or mesh axis, naming it.
+    """
+    rules = dict(DEFAULT_RULES)
+    for name, axes in overrides:
+        if name not in rules:
+            raise ValueError(f"mesh_rules: unknown logical axis {name!r}; known: {sorted(rules)}")
+        named = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        unknown = [axis for axis in named if axis not in MESH_AXES]
+        if unknown:
+            raise ValueError(
+                f"mesh_rules: {name!r} maps to unknown mesh axes {unknown}; known: {MESH_AXES}"
+            )
+        rules[name] = axes if axes is None or isinstance(axes, str) else tuple(axes)
+    return tuple(rules.items())
+
+
 def mesh_shape_from_config(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
     """Resolves a `{'data': -1, 'fsdp': 1, 'model': 1}` request against the device count.
 

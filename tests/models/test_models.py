@@ -10,28 +10,15 @@ from flax import linen as nn
 from jaxmm.models import create_model, list_models
 from jaxmm.models.layers import gelu_exact, quick_gelu
 from jaxmm.models.swin import SwinBlock
+from tests.models.tiny_inputs import tiny_inputs
 
 TINY = [name for name in list_models() if name.endswith("_test")]
-
-
-def _inputs(name: str, batch: int = 2):
-    rng = np.random.default_rng(0)
-    # AlexNet's stride-4 conv and three 3x3 pools need 63 px (jaxmm.models.alexnet.MIN_SIZE).
-    size = 64 if name.startswith("alexnet") else 32
-    images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
-    tokens = rng.integers(1, 500, size=(batch, 16)).astype(np.int32)
-    tokens[:, 10] = 511  # EOT: the largest id of the tiny text tower's vocabulary
-    if name.startswith("clip"):
-        return images, tokens
-    if name.startswith("text"):
-        return (tokens,)
-    return (images,)
 
 
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_variant_shapes_finite_and_jit(name):
     model = create_model(name)
-    inputs = _inputs(name)
+    inputs = tiny_inputs(name)
     variables = nn.unbox(model.init(jax.random.PRNGKey(0), *inputs))
     apply = lambda v, *x: model.apply(v, *x)
     eager = apply(variables, *inputs)
@@ -53,7 +40,7 @@ def test_tiny_variant_shapes_finite_and_jit(name):
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_variant_gradient_is_finite_and_nonzero(name):
     model = create_model(name)
-    inputs = _inputs(name)
+    inputs = tiny_inputs(name)
     variables = nn.unbox(model.init(jax.random.PRNGKey(1), *inputs))
     params = variables["params"]
 
@@ -144,7 +131,7 @@ VISION_TINY = [name for name in TINY if not name.startswith(("clip", "text"))]
 def test_every_tiny_image_model_serves_as_clip_image_tower(tower):
     """Features before the head feed CLIP's projection (shapes traced, no compute)."""
     model = create_model("clip_test", image_tower=tower)
-    images, tokens = _inputs(tower)[0], _inputs("clip_test")[1]
+    images, tokens = tiny_inputs(tower)[0], tiny_inputs("clip_test")[1]
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images, tokens)
     output = jax.eval_shape(model.apply, variables, images, tokens)
     chex.assert_shape(output.image_embeddings, (2, model.embed_dim))
