@@ -168,6 +168,11 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_overrides: Any)
         ).shape
         for key, (path, transform) in mapping.items()
     }
+    # A tensor stored in another layout its transform reads (`torch_aliases`) matches too.
+    given = {
+        key: expected[key] if key in mapping and shape in mapping[key][1].torch_aliases else shape
+        for key, shape in given.items()
+    }
     error = _mismatch_error(f"state dict for {name}", expected, given)
     if error is not None:
         raise error

@@ -22,10 +22,14 @@ class Transform(NamedTuple):
     model config; `to_torch(array)` depends on its input alone, so expected PyTorch shapes can
     be derived from the Flax model with `jax.eval_shape`. Both only transpose and reshape, so a
     round trip is bit-exact.
+
+    `torch_aliases` lists other PyTorch shapes that `to_flax` also reads, for tensors some
+    checkpoints store in another layout (a scalar as `[1]`); `to_torch` writes the canonical one.
     """
 
     to_flax: Callable[[Array, Shape], Array]
     to_torch: Callable[[Array], Array]
+    torch_aliases: tuple[Shape, ...] = ()
 
 
 KeyMap = dict[str, tuple[FlaxPath, Transform]]

@@ -18,7 +18,9 @@ Reference: open_clip's `open_clip/model.py` (`CLIP`) with `open_clip/transformer
 - `visual.proj` and `text_projection` are bare `[width, embed]` matrices used as `x @ proj`:
   already Flax's `[in, out]` kernel layout, so NOT transposed like a `Linear`.
 - `logit_scale` is a scalar; `logit_bias` exists only for SigLIP-style models
-  (`init_logit_bias` set on both sides).
+  (`init_logit_bias` set on both sides). Some checkpoints (SigLIP-style, some open_clip
+  exports) store either as `[1]`: `from_torch` reads `[]` and `[1]`, `to_torch` writes `[]`,
+  the layout of open_clip's own `nn.Parameter(torch.ones([]) * ...)`.
 - The causal `attn_mask` is a non-persistent buffer in open_clip (absent from state dicts)
   and a plain attribute in OpenAI's code: jaxmm builds the mask in the forward pass, so no
   key maps to it and `to_torch` output loads into open_clip with `strict=True`.
@@ -27,7 +29,7 @@ The image tower is dispatched on its class through `_VISUAL_LAYOUTS`; a new towe
 (e.g. OpenAI's ModifiedResNet) is one entry there.
 
 Not covered: open_clip options jaxmm does not model (attentional pooler, `pool_type='avg'`,
-LayerScale, custom attention blocks, non-scalar `logit_scale`, timm or HF towers).
+LayerScale, custom attention blocks, timm or HF towers).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ from jaxmm.models.vit import VisionTransformer
 def _add_leading_axes(count: int) -> Transform:
     """torch `[...]` <-> Flax `[1] * count + [...]` (CLIP stores embeddings without batch axes)."""
     return Transform(lambda a, shape: a.reshape(shape), lambda a: a.reshape(a.shape[count:]))
+
+
+# `logit_scale`/`logit_bias`: Flax `[]` from torch `[]` or `[1]`; back to torch as `[]`.
+_SCALAR = Transform(lambda a, shape: a.reshape(shape), lambda a: a, torch_aliases=((1,),))
 
 
 def _resblocks(depth: int, src: str, dst: tuple[str, ...]) -> KeyMap:
@@ -127,11 +133,11 @@ def key_map(model: CLIP) -> KeyMap:
             **_resblocks(model.text_tower.depth, "transformer", (*text, "encoder")),
             **layer_norm("ln_final", (*text, "ln_final")),
             "text_projection": (("params", "text_projection", "kernel"), IDENTITY),
-            "logit_scale": (("params", "logit_scale"), IDENTITY),
+            "logit_scale": (("params", "logit_scale"), _SCALAR),
         }
     )
     if model.init_logit_bias is not None:
-        mapping["logit_bias"] = (("params", "logit_bias"), IDENTITY)
+        mapping["logit_bias"] = (("params", "logit_bias"), _SCALAR)
     return mapping
 
 

@@ -3,7 +3,9 @@
 open_clip's `ModifiedResNet` is built with random weights (no downloads) and `randomise_`d, so
 no BatchNorm statistic or bias keeps its constant init; embeddings are compared in fp32 by
 relative error max|jax - torch| / max|torch|, in eval mode and in train mode (batch statistics
-and the updated running statistics, which torch folds in with the unbiased variance).
+and the updated running statistics, which torch folds in with the unbiased variance). The CLIP
+built on it is compared on embeddings and logits (tiny, RN101's real image tower with one text
+layer, full RN50) and on one InfoNCE training step in train mode.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ open_clip = pytest.importorskip(
 
 from jaxmm.convert import from_torch, to_torch  # noqa: E402
 from jaxmm.models import create_model  # noqa: E402
+from tests.parity.clip_reference import (  # noqa: E402
+    assert_matches,
+    inputs,
+    reduced_open_clip,
+    training_step_errors,
+    worst,
+)
 from tests.parity.reference import randomise_, relative_error  # noqa: E402
 
 # Two blocks in stage 1 (a block without shortcut conv), 64 px so the pool sees a 2x2 map
@@ -124,41 +133,54 @@ def test_rn50_eval_embeddings_match_open_clip():
     assert relative_error(actual, expected) <= 1e-5
 
 
-def tokens(batch: int, length: int, eot: int, seed: int = 0) -> np.ndarray:
-    ids = np.random.default_rng(seed).integers(1, eot, size=(batch, length)).astype(np.int64)
-    ids[:, length // 2 :] = 0  # zero padding after EOT, as the tokenizer gives
-    ids[:, length // 2 - 1] = eot  # EOT: the largest id, found by argmax
-    return ids
-
-
-def clip_errors(name: str, reference: torch.nn.Module, size: int, eot: int) -> tuple[float, float]:
-    """Relative errors of the unit image and text embeddings of `name` against `reference`."""
-    variables = from_torch(name, reference.state_dict())
-    x, ids = images(2, size), tokens(2, reference.context_length, eot)
-    output = jax.jit(create_model(name).apply)(variables, x, ids.astype(np.int32))
-    with torch.no_grad():
-        image = reference.encode_image(nchw(x), normalize=True).numpy()
-        text = reference.encode_text(torch.from_numpy(ids), normalize=True).numpy()
-    return (
-        relative_error(output.image_embeddings, image),
-        relative_error(output.text_embeddings, text),
-    )
-
-
-def test_tiny_clip_matches_open_clip():
+def tiny_open_clip(image_size: int = 32) -> torch.nn.Module:
+    """`clip_rn_test`'s twin; open_clip derives 4 heads as width * 32 / head_width (64)."""
     torch.manual_seed(0)
-    # `clip_rn_test`'s twin; open_clip derives 4 heads as width * 32 / head_width (64).
     reference = open_clip.model.CLIP(
         embed_dim=32,
-        vision_cfg=open_clip.model.CLIPVisionCfg(layers=[1, 1, 1, 1], width=8, image_size=32),
+        vision_cfg=open_clip.model.CLIPVisionCfg(
+            layers=[1, 1, 1, 1], width=8, image_size=image_size
+        ),
         text_cfg=open_clip.model.CLIPTextCfg(
             context_length=16, vocab_size=512, width=32, heads=2, layers=2, mlp_ratio=2.0
         ),
         quick_gelu=True,
     )
-    image_error, text_error = clip_errors("clip_rn_test", randomise_(reference), 32, 511)
-    # Reached 6.1e-7 (image) and 3.4e-7 (text) on CPU.
-    assert image_error <= 1e-5 and text_error <= 1e-5, (image_error, text_error)
+    return randomise_(reference)
+
+
+def test_tiny_clip_matches_open_clip():
+    reference = tiny_open_clip()
+    x, ids = inputs(2, 32, 16, 512)
+    # Reached (image, text, logits): 6.1e-7, 5.6e-7, 2.9e-6 on CPU.
+    assert_matches("clip_rn_test", reference, reference.state_dict(), x, ids)
+
+
+def test_tiny_clip_training_step_matches_open_clip():
+    # 64 px: the attention pool sees a 2x2 map, and every BatchNorm more than one value per image.
+    images, tokens = inputs(8, 64, 16, 512, seed=1)
+    # The key bias adds q . b to all of a query's logits alike, which softmax ignores: its
+    # gradient is zero (torch's rounding noise reached 2e-8 beside 7e-2 for the key weights).
+    zero_grads = ("visual.attnpool.k_proj.bias",)
+    errors = training_step_errors(
+        "clip_rn_test", tiny_open_clip(64), images, tokens, zero_grads, image={"image_size": 64}
+    )
+    # Reached 0.0 on CPU.
+    assert errors.loss <= 1e-5, errors.loss
+    # Worst reached: 4.3e-6 (visual.conv2.weight), median 1.3e-6, key bias 4.8e-9, on CPU.
+    assert max(errors.grads.values()) <= 1e-5, worst(errors.grads)
+    assert len(errors.running_stats) == 2 * 19  # 3 stem + 4 x 3 block + 4 shortcut BatchNorms
+    # Worst reached: 6.9e-8 (visual.layer1.0.bn2.running_mean).
+    assert max(errors.running_stats.values()) <= 1e-5, worst(errors.running_stats)
+
+
+def test_rn101_one_text_layer_matches_open_clip():
+    """RN101's real image tower (stages (3, 4, 23, 3), width 64, 32 heads, embedding 512, 224
+    px) and its real text tower's widths, context and vocabulary, with one text layer."""
+    reference = reduced_open_clip("clip_rn101", text_layers=1)
+    x, ids = inputs(2, 224, 77, 49408)
+    # Reached (image, text, logits): 6.3e-7, 1.3e-6, 3.8e-7 on CPU.
+    assert_matches("clip_rn101", reference, reference.state_dict(), x, ids, text={"depth": 1})
 
 
 @pytest.mark.slow
@@ -166,6 +188,6 @@ def test_clip_rn50_matches_open_clip():
     # OpenAI's RN50 weights use QuickGELU in the text tower (open_clip's `RN50` means nn.GELU).
     torch.manual_seed(0)
     reference = randomise_(open_clip.create_model("RN50-quickgelu", pretrained=None))
-    image_error, text_error = clip_errors("clip_rn50", reference, 224, 49407)
-    # Reached 4.8e-7 (image) and 1.3e-6 (text) on CPU.
-    assert image_error <= 1e-5 and text_error <= 1e-5, (image_error, text_error)
+    x, ids = inputs(2, 224, 77, 49408)
+    # Reached (image, text, logits): 4.8e-7, 1.4e-6, 4.1e-6 on CPU.
+    assert_matches("clip_rn50", reference, reference.state_dict(), x, ids)
