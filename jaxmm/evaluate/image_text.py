@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxmm.data import pipeline
@@ -60,8 +61,13 @@ def evaluate_image_text(
     class_names: Sequence[str] | None,
     templates: str,
     batch_size: int,
+    mesh: Mesh | None = None,
 ) -> dict[str, float]:
-    """Metrics named `zeroshot/...` and `retrieval/...` for one split."""
+    """Metrics named `zeroshot/...` and `retrieval/...` for one split.
+
+    Retrieval splits its candidates over `mesh` (default: every device); inside a trainer or
+    evaluator running under `jax.set_mesh`, pass that mesh.
+    """
     annotations = pipeline.split_annotations(source)
     image_embeddings = embed_images(encode_image, source, data_config, batch_size)
     tokenize = lambda texts: tokenizer(texts, context_length=data_config.context_length)
@@ -91,7 +97,7 @@ def evaluate_image_text(
         flat = [text for texts in captions for text in texts]
         text_embeddings = embed_texts(encode_text, tokenize(flat), batch_size)
         for key, value in retrieval_metrics(
-            image_embeddings, text_embeddings, text_to_image
+            image_embeddings, text_embeddings, text_to_image, mesh=mesh
         ).items():
             metrics[f"retrieval/{key}"] = value
     return metrics
