@@ -8,6 +8,8 @@ is prepared as array_record so grain can read it without TensorFlow.
 
 from __future__ import annotations
 
+import inspect
+
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
@@ -40,6 +42,13 @@ def get_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
     return tfds.builder(
         config.name, config=builder_config, data_dir=data_dir, file_format="array_record", **kwargs
     )
+
+
+def user_builder_options(name: str) -> list[str]:
+    """The `data.builder_kwargs` keys the user-data builder `name` takes (`path` included)."""
+    params = inspect.signature(USER_BUILDERS[name]).parameters
+    # `path` stands for the first argument (root, annotations or path); data_dir has its own key.
+    return sorted({"path", *params} - {"root", "annotations", "data_dir"})
 
 
 def _user_builder(name: str, data_dir: str | None, kwargs: dict) -> tfds.core.DatasetBuilder:

@@ -37,7 +37,13 @@ import pathlib
 import tensorflow_datasets as tfds
 from absl import logging
 
-from jaxmm.data.user_captions import SPLIT_ALIASES, Record, UserDataBuilder, hash_split
+from jaxmm.data.user_captions import (
+    SPLIT_ALIASES,
+    Record,
+    UserDataBuilder,
+    hash_split,
+    text_name,
+)
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -166,7 +172,7 @@ class ImageFolder(UserDataBuilder, skip_registration=True):
         )
 
     def _example(self, record: Record, image: bytes) -> dict:
-        return {"image": image, "label": record.label, "image_id": record.image}
+        return {"image": image, "label": record.label, "image_id": text_name(record.image)}
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Local files only.

@@ -24,16 +24,17 @@ Rules, chosen once:
   `none` or null value excludes the image, counted in `info.metadata`). Without one, each image
   goes to a split by a SHA-256 of its path string, so assignment is the same on every run and
   machine and an image never changes split when others are added (a JSONL line without a split
-  key is hashed too). Empty splits are not written; reading one gives tfds's "unknown split"
-  error, which names it. Empty captions are dropped (`num_empty_captions`); an image left with
-  none is excluded (`num_excluded_images`).
+  key is hashed too). Empty splits are not written; reading one raises a `ValueError` naming
+  the split, the source and the data directory. Empty captions are dropped
+  (`num_empty_captions`); an image left with none is excluded (`num_excluded_images`).
 - Images: decoded with Pillow (anything it reads), EXIF orientation applied, transparency
   composited on white, 16-bit scaled to 8-bit, converted to RGB, shrunk so the longer side is at
   most `max_image_size` (None keeps the size), stored as JPEG quality 95. A JPEG that is already
   RGB, upright and small enough is stored byte for byte (no second lossy pass).
 - Image paths: absolute, or relative to `image_root` (default: the caption file's folder); a
   relative path missing there is also looked up under `image_root/images/`, the common layout
-  of a caption file beside an `images/` folder.
+  of a caption file beside an `images/` folder. A file name that is not UTF-8 is read as it
+  is and stored in `image_id` with its odd bytes written `\\xNN`.
 - Bad images (missing, truncated, not an image): `on_bad_image='error'` raises `BadImageError`
   naming the image and the caption-file line; `'skip'` drops them, logs how many with the first
   few names, and records `num_skipped_images`/`skipped_images` in `info.metadata`.
@@ -125,6 +126,17 @@ def _read_utf8(path: pathlib.Path) -> str:
         ) from None
 
 
+def _check_encodable(text: str, where: str) -> None:
+    """Refuses text UTF-8 cannot store: a JSON escape of a lone surrogate, such as "\\ud800"."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{where}: {text!r:.60} holds {text[e.start]!r}, a lone surrogate escape that is "
+            "not a character; fix the text"
+        ) from None
+
+
 def _canonical_split(value: object, where: str) -> str | None:
     """A split name, or None for an excluded image."""
     text = "" if value is None else str(value).strip().lower()
@@ -158,6 +170,8 @@ class _Grouper:
         for caption in captions:
             if not isinstance(caption, str):
                 raise ValueError(f"{where}: caption must be a string, got {caption!r:.60}")
+        for text in (image, *captions):
+            _check_encodable(text, where)
         kept = [c for c in captions if c.strip()]
         self.num_empty_captions += len(captions) - len(kept)
         image = image.strip()
@@ -329,8 +343,17 @@ def _fingerprint(files: Iterable[pathlib.Path], options: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def text_name(image: str) -> str:
+    """`image` as valid UTF-8 text: a file name holding bytes that are not UTF-8 (which Python
+    keeps as surrogate escapes) shows them as `\\xNN`, so stored ids and keys never fail to encode.
+    """
+    return image.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def hash_split(image: str, val_fraction: float, test_fraction: float) -> str:
-    u = int.from_bytes(hashlib.sha256(image.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    # surrogateescape hashes a non-UTF-8 file name's own bytes; UTF-8 names hash as before.
+    digest = hashlib.sha256(image.encode("utf-8", "surrogateescape")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
     if u < test_fraction:
         return "test"
     return "validation" if u < test_fraction + val_fraction else "train"
@@ -392,6 +415,19 @@ class UserDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._pickled_config_name = state["config_name"]
         self.__init__(**state["init_kwargs"])
 
+    def as_data_source(self, split, *args, **kwargs):
+        """tfds's reader, with a clear error for a split no image went to (never written)."""
+        name = str(split).split("[")[0]  # "validation[:10%]" reads from "validation"
+        if self.info.splits and "+" not in name and name not in self.info.splits:
+            raise ValueError(
+                f"split {name!r} of {', '.join(map(str, self._sources))} is empty: no image went "
+                f"to it, so it was not written to {self.data_dir} (splits there: "
+                f"{sorted(self.info.splits)}). Images go to splits by the split column or split "
+                "folders, else by a hash with val_fraction/test_fraction: add images, give "
+                "splits, or read another split."
+            )
+        return super().as_data_source(split, *args, **kwargs)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
@@ -402,7 +438,7 @@ class UserDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _example(self, record: Record, image: bytes) -> dict:
         """The stored example for `record` with its encoded image."""
-        return {"image": image, "captions": record.captions, "image_id": record.image}
+        return {"image": image, "captions": record.captions, "image_id": text_name(record.image)}
 
     def _record_exclusions(self, num_excluded_images: int, num_empty_captions: int) -> None:
         metadata = self.info.metadata
@@ -458,7 +494,7 @@ class UserDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     raise BadImageError(f"{message}. Fix or remove it, or use on_bad_image='skip'.")
                 skipped.append(message)
                 continue
-            yield record.image, self._example(record, data)
+            yield text_name(record.image), self._example(record, data)
         if skipped and len(skipped) == len(records):
             raise BadImageError(f"split {split}: all {len(records)} images are bad: {skipped[0]}")
         if skipped:

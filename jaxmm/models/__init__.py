@@ -8,6 +8,7 @@ names) and `image`/`text` (dicts of overrides for the towers).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -61,13 +62,28 @@ def _module_fields(module: type[nn.Module]) -> set[str]:
 
 
 def _build(module: type[nn.Module], row: Mapping[str, Any], overrides: Mapping[str, Any], name):
-    unknown = set(overrides) - _module_fields(module)
+    known = _module_fields(module)
+    unknown = sorted(set(overrides) - known)
     if unknown:
+        hints = [
+            f"{key!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(key, known, n=1))
+            else repr(key)
+            for key in unknown
+        ]
         raise TypeError(
-            f"{name}: unknown override(s) {sorted(unknown)}; "
-            f"{module.__name__} has fields {sorted(_module_fields(module))}"
+            f"{name}: unknown override(s) {', '.join(hints)}; "
+            f"{module.__name__} has fields {sorted(known)}"
         )
     return module(**{**row, **overrides})
+
+
+def _create_tower(clip_name: str, role: str, name: str, overrides: Mapping[str, Any]):
+    """`create_model(name, **overrides)`, its errors saying which CLIP tower they are about."""
+    try:
+        return create_model(name, **overrides)
+    except TypeError as e:
+        raise TypeError(f"{clip_name} {role} tower (the {role!r} overrides): {e}") from None
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -102,10 +118,10 @@ def _create_clip(
     image_base = variant.get("image", {}) if image_tower is None else {}
     text_name = text_tower or variant["text_tower"]
     text_base = variant.get("text", {}) if text_tower is None else {}
-    tower_image = create_model(
-        image_name, **{**image_base, **(image or {}), **shared, "num_classes": 0}
+    tower_image = _create_tower(
+        name, "image", image_name, {**image_base, **(image or {}), **shared, "num_classes": 0}
     )
-    tower_text = create_model(text_name, **{**text_base, **(text or {}), **shared})
+    tower_text = _create_tower(name, "text", text_name, {**text_base, **(text or {}), **shared})
     # A tower swapped in for one that ends in the embedding (ModifiedResNet) needs the projection.
     project_image = variant.get("project_image", True) or image_tower is not None
     clip_fields = {"embed_dim": variant["embed_dim"], "project_image": project_image}
