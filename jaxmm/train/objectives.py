@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from jaxmm import losses
+from jaxmm import losses, ring_losses
 from jaxmm.models.clip import CLIPOutput
 
 Batch = dict[str, jax.Array]
@@ -33,38 +33,61 @@ class Objective(Protocol):
     def constrain(self, params: Any) -> Any: ...
 
 
-def contrastive_loss(name: str, output: CLIPOutput) -> jax.Array:
-    """The configured contrastive objective on one forward pass."""
+def contrastive_loss(
+    name: str, output: CLIPOutput, blocks: ring_losses.Blocks | None = None
+) -> jax.Array:
+    """The configured contrastive objective on one forward pass.
+
+    `blocks=None` computes it on the global `[N, N]` logits (`jaxmm.losses`); otherwise
+    block by block (`jaxmm.ring_losses`), with the same value and gradients.
+    """
+    embeddings = (output.image_embeddings, output.text_embeddings, output.logit_scale)
     if name == "infonce":
-        return losses.clip_infonce_loss(
-            output.image_embeddings, output.text_embeddings, output.logit_scale
-        )
+        if blocks is None:
+            return losses.clip_infonce_loss(*embeddings)
+        return ring_losses.infonce_loss(*embeddings, blocks)
     if name == "siglip":
         if output.logit_bias is None:
             raise ValueError("the siglip loss needs a model built with init_logit_bias")
-        return losses.siglip_loss(
-            output.image_embeddings,
-            output.text_embeddings,
-            output.logit_scale,
-            output.logit_bias,
-        )
+        if blocks is None:
+            return losses.siglip_loss(*embeddings, output.logit_bias)
+        return ring_losses.siglip_loss(*embeddings, output.logit_bias, blocks)
     raise ValueError(f"unknown loss {name!r}; choose 'infonce' or 'siglip'")
+
+
+def loss_blocks(loss_impl: str, chunk_size: int) -> ring_losses.Blocks | None:
+    """How `config.loss_impl` splits the contrastive loss: None is the global `[N, N]` matrix."""
+    impls = {
+        "global": None,
+        "chunked": ring_losses.Chunks(chunk_size),
+        # The mesh is the one the train step runs under (`jax.set_mesh`); each device goes
+        # through its [n, n] block of a step in chunks, so memory is linear in n.
+        "ring": ring_losses.DeviceRing(inner=ring_losses.Chunks(chunk_size)),
+    }
+    if loss_impl not in impls:
+        raise ValueError(f"unknown loss_impl {loss_impl!r}; choose from {sorted(impls)}")
+    return impls[loss_impl]
 
 
 class Contrastive:
     """CLIP (InfoNCE) or SigLIP on `{'image', 'tokens'}` batches."""
 
-    def __init__(self, loss_name: str):
+    def __init__(self, loss_name: str, loss_impl: str = "global", chunk_size: int = 256):
         if loss_name not in ("infonce", "siglip"):
             raise ValueError(f"unknown loss {loss_name!r}; choose 'infonce' or 'siglip'")
         self.loss_name = loss_name
+        self.blocks = loss_blocks(loss_impl, chunk_size)
 
     def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
         return batch["image"], batch["tokens"]
 
     def loss(self, outputs: CLIPOutput, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        i2t, t2i = losses.clip_accuracy(outputs.image_embeddings, outputs.text_embeddings)
-        return contrastive_loss(self.loss_name, outputs), {
+        embeddings = (outputs.image_embeddings, outputs.text_embeddings)
+        if self.blocks is None:
+            i2t, t2i = losses.clip_accuracy(*embeddings)
+        else:  # the global accuracy would build the [N, N] matrix the blocks avoid
+            i2t, t2i = ring_losses.clip_accuracy(*embeddings, self.blocks)
+        return contrastive_loss(self.loss_name, outputs, self.blocks), {
             "i2t_accuracy": i2t,
             "t2i_accuracy": t2i,
         }
