@@ -7,9 +7,11 @@
 `--checkpoint` is a jaxmm run folder (or its `checkpoints` folder, or one step's folder) or a
 PyTorch checkpoint `jaxmm.convert` knows. The config's task runs its own evaluation on
 `eval.split` (zero-shot and retrieval for CLIP, top-1/top-5 for classifiers); CLIP configs
-add the image-feature probes `eval.linear_probe` and `eval.few_shot` ask for. The metrics
-are printed and written to `eval_metrics.json` in `--out` (default: the run folder, or the
-PyTorch checkpoint's folder). Any config field can be overridden with `--config.FIELD=VALUE`.
+add the image-feature probes `eval.linear_probe` and `eval.few_shot` ask for. With
+`--config.wise_alpha=0.5` (or a tuple), the WiSE-FT interpolations of the checkpoint with the
+config's `init_from` are evaluated too, as `wise0.5/...`. The metrics are printed and
+written to `eval_metrics.json` in `--out` (default: the run folder, or the PyTorch
+checkpoint's folder). Any config field can be overridden with `--config.FIELD=VALUE`.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from jaxmm.evaluate.image_text import embed_images  # noqa: E402
 from jaxmm.evaluate.linear_probe import linear_probe  # noqa: E402
 from jaxmm.train import tasks  # noqa: E402
 from jaxmm.train.loop import validate_config  # noqa: E402
-from jaxmm.train.pretrained import load_pretrained  # noqa: E402
+from jaxmm.train.pretrained import load_pretrained, load_variables  # noqa: E402
 from jaxmm.train.steps import make_encoders  # noqa: E402
+from jaxmm.train.wise import evaluate_interpolations, wise_alphas  # noqa: E402
 
 METRICS_FILE = "eval_metrics.json"
 
@@ -157,10 +160,19 @@ def evaluate(
     _check_all_loaded(variables, checkpoint)
     variables = jax.device_put(variables, sharding.replicated(mesh))
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-        metrics = task.evaluator(mesh)(variables)
+    evaluator = task.evaluator(mesh)
+
+    def evaluate_variables(variables: Any) -> dict[str, float]:
+        metrics = evaluator(variables)
         if isinstance(task, tasks.ContrastiveTask):
             metrics.update(probe_metrics(task, mesh, variables))
+        return metrics
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config.mesh_rules)):
+        metrics = evaluate_variables(variables)
+        if alphas := wise_alphas(config):  # WiSE-FT towards the config's init_from
+            zeroshot = load_variables(config.init_from, task)
+            metrics |= evaluate_interpolations(evaluate_variables, zeroshot, variables, alphas)
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -126,6 +126,27 @@ def merge_pretrained(init: Any, loaded: Any, head: set[Path], source: str) -> di
     return traverse_util.unflatten_dict(merged)
 
 
+def load_variables(init_from: str, task: Any) -> dict[str, Any]:
+    """The variables stored at `init_from`, as they are (without a head the run's classifier
+    cannot use): WiSE-FT's zero-shot model, and what `load_pretrained` merges.
+
+    Args:
+        init_from: a PyTorch checkpoint file or a jaxmm run/checkpoint folder.
+        task: the run's task (`jaxmm.train.tasks`): its model, registry name and overrides.
+    """
+    path = pathlib.Path(init_from).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"init_from: {path} does not exist")
+    if path.suffix in TORCH_SUFFIXES:
+        return _from_torch(path, task)
+    if path.is_dir():
+        return _from_orbax(path)
+    raise ValueError(
+        f"init_from: {path} is neither a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}) "
+        "nor a jaxmm run folder"
+    )
+
+
 def load_pretrained(init_from: str, task: Any, init_variables: Any) -> dict[str, Any]:
     """The run's initial variables: `init_variables` overwritten from `init_from`.
 
@@ -135,16 +156,6 @@ def load_pretrained(init_from: str, task: Any, init_variables: Any) -> dict[str,
         init_variables: the freshly initialised variables (they provide shapes, dtypes and
             the new head).
     """
-    path = pathlib.Path(init_from).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"init_from: {path} does not exist")
-    if path.suffix in TORCH_SUFFIXES:
-        loaded = _from_torch(path, task)
-    elif path.is_dir():
-        loaded = _from_orbax(path)
-    else:
-        raise ValueError(
-            f"init_from: {path} is neither a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}) "
-            "nor a jaxmm run folder"
-        )
-    return merge_pretrained(init_variables, loaded, head_paths(task), str(path))
+    loaded = load_variables(init_from, task)
+    source = str(pathlib.Path(init_from).expanduser())
+    return merge_pretrained(init_variables, loaded, head_paths(task), source)
