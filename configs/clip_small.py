@@ -21,16 +21,21 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config = ConfigDict()
     config.task = "contrastive"
     config.init_from = ""  # a jaxmm run folder to start from (see jaxmm/train/pretrained.py)
+    # WiSE-FT (jaxmm/train/wise.py): with init_from, also evaluate the fine-tuned weights mixed
+    # with the starting ones, (1 - a) * start + a * tuned, for each a here; 1.0 alone: nothing.
+    config.wise_alpha = (1.0,)
     config.seed = 0
     config.batch_size = 256
     config.total_steps = 800
     config.loss = "infonce"  # or "siglip" (adds the learnable logit bias)
     # How the loss meets the [N, N] logits (jaxmm/ring_losses.py): "global" builds the whole
     # matrix; "chunked" goes through it in blocks of loss_chunk_size rows; "ring" keeps
-    # each device on its local batch and passes the text embeddings round the devices.
+    # each device on its local batch and passes the text embeddings round the devices,
+    # going through each device's block in chunks of loss_chunk_size rows.
     config.loss_impl = "global"
     config.loss_chunk_size = 256
     config.mesh = configs.MESH
+    config.mesh_rules = configs.MESH_RULES
     config.distributed = configs.DISTRIBUTED
 
     config.data = dict(
@@ -68,10 +73,16 @@ def get_config(arg: str | None = None) -> ConfigDict:
         grad_clip_norm=1.0,
         # Parameter-path prefixes left untouched, e.g. ("image_tower",) for LiT.
         frozen=(),
+        # Parameter-path prefix -> learning-rate multiplier (longest prefix wins, 0 = frozen),
+        # e.g. {"image_tower": 0.1}; see jaxmm/train/optimizer.py.
+        lr_multipliers={},
     )
     config.log_every = 20
     config.checkpoint_every = 500
     config.keep_checkpoints = 2
+    # A step whose loss, gradients or updated parameters are not all finite is never applied;
+    # "stop" then raises an error naming them, "skip" goes on (counted in train/skipped_steps).
+    config.nonfinite = "stop"
     config.progress_bar = True
     config.eval = dict(
         split="test",

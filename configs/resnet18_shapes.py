@@ -27,8 +27,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.batch_size = 128
     config.total_steps = 400
     config.mesh = configs.MESH
+    config.mesh_rules = configs.MESH_RULES
     config.distributed = configs.DISTRIBUTED
     config.label_smoothing = 0.0
+    # WiSE-FT (jaxmm/train/wise.py): with init_from, also evaluate (1 - a) * start + a * tuned.
+    config.wise_alpha = (1.0,)
 
     config.data = dict(
         name="clip_shapes",
@@ -58,10 +61,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
         end_factor=0.0,
         grad_clip_norm=0.0,
         frozen=(),
+        lr_multipliers={},  # parameter-path prefix -> multiplier, e.g. {"head": 10.0}
     )
     config.log_every = 20
     config.checkpoint_every = 500
     config.keep_checkpoints = 2
+    # A step whose loss, gradients or updated parameters are not all finite is never applied;
+    # "stop" then raises an error naming them, "skip" goes on (counted in train/skipped_steps).
+    config.nonfinite = "stop"
     config.progress_bar = True
     config.eval = dict(split="test", batch_size=512, every=0)
 

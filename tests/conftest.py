@@ -13,6 +13,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# hypothesis' pytest plugin imports hypothesis only when the session ends if no test did;
+# by then (after jax and orbax ran) CPython 3.11.7's ast.parse, used by pytest's assertion
+# rewriting, can fail with "AST constructor recursion depth mismatch", so import it now.
+import hypothesis  # noqa: E402, F401
 import pytest  # noqa: E402
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -10,6 +10,7 @@ restored, so the resumed losses equal those of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import time
@@ -25,18 +26,20 @@ from ml_collections import ConfigDict
 
 from jaxmm import sharding
 from jaxmm.data import datasets, pipeline
-from jaxmm.train import distributed, tasks
-from jaxmm.train.checkpoint import Checkpointer
+from jaxmm.train import config_check, distributed, tasks
+from jaxmm.train.checkpoint import Checkpointer, CheckpointRestoreError
 from jaxmm.train.metric_writer import MetricWriter
 from jaxmm.train.optimizer import ParamGroups, learning_rate_schedule, make_optimizer
+from jaxmm.train.preemption import Preempted, PreemptionWatch
 from jaxmm.train.pretrained import load_pretrained, load_variables
 from jaxmm.train.state import abstract_state, create_train_state
-from jaxmm.train.steps import make_train_step
+from jaxmm.train.steps import NONFINITE_POLICIES, check_finite, make_train_step
 from jaxmm.train.wise import evaluate_interpolations, wise_alphas
 
 
 def validate_config(config: ConfigDict, mesh: Mesh) -> None:
     """Errors a user can fix, raised before any compute is spent."""
+    config_check.check_config(config)  # unknown keys, wrong types, model vs image size
     batch_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.batch_size % batch_parallel:
         raise ValueError(
@@ -54,7 +57,63 @@ def validate_config(config: ConfigDict, mesh: Mesh) -> None:
         )
     if config.total_steps < 1:
         raise ValueError(f"total_steps must be positive, got {config.total_steps}")
+    if config.nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite={config.nonfinite!r}: expected one of {NONFINITE_POLICIES}")
     wise_alphas(config)  # raises on alphas outside [0, 1] or without init_from
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """`{'optim.learning_rate': 0.1, ...}` from a nested dict."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {
+        name: value
+        for key, sub in tree.items()
+        for name, value in _flat(sub, f"{prefix}.{key}" if prefix else key).items()
+    }
+
+
+# Fields a resumed run may change without touching what its checkpoint holds.
+_RUN_CONTROL = (
+    "total_steps",
+    "progress_bar",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "nonfinite",
+    "wise_alpha",
+    "eval.",
+    "mesh.",
+    "mesh_rules",
+    "distributed.",
+)
+
+
+def _resume_advice(workdir: pathlib.Path, config: ConfigDict) -> str:
+    """What to do when the workdir's checkpoint does not restore: the config fields that differ
+    from the run's own `config.json` (another model, say), and how to start over."""
+    saved_path = workdir / "config.json"
+    advice = []
+    if saved_path.exists():
+        saved = _flat(json.loads(saved_path.read_text()))
+        current = _flat(json.loads(config.to_json_best_effort()))
+        changes = [
+            f"{key}: {saved.get(key, '(absent)')} -> {current.get(key, '(absent)')}"
+            for key in sorted(saved.keys() | current.keys())
+            if saved.get(key) != current.get(key) and not key.startswith(_RUN_CONTROL)
+        ]
+        if changes:
+            advice.append(
+                f"This config differs from the one that started the run ({saved_path}) in: "
+                + "; ".join(changes[:12])
+                + (f" and {len(changes) - 12} more" if len(changes) > 12 else "")
+                + ". To train this config, use another --workdir."
+            )
+    advice.append(
+        f"If the checkpoint is damaged, delete that step's folder under {workdir / 'checkpoints'} "
+        "to resume from the one before (or the folder itself to start over)."
+    )
+    return "\n".join(advice)
 
 
 def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
@@ -71,13 +130,13 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh.to_dict())
+    rules = sharding.logical_rules(config.mesh_rules)
     validate_config(config, mesh)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     builder = distributed.first_process_then_others(
         "prepare_data", lambda: datasets.prepare_builder(config.data)
     )
+    datasets.require_splits(builder, config.data.get("train_split", "train"), config.eval.split)
     task = tasks.make_task(config, builder, workdir)
     model = task.model
     tx = make_optimizer(config.optim, config.total_steps)
@@ -87,7 +146,7 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     # through jit's out_shardings instead.
     inputs = task.init_inputs()
     state, state_shardings = create_train_state(
-        lambda rng: model.init(rng, *inputs), tx, mesh, config.seed
+        lambda rng: model.init(rng, *inputs), tx, mesh, config.seed, rules
     )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("model %s: %.2fM parameters", config.model.name, num_params / 1e6)
@@ -104,7 +163,13 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     checkpointer = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
     start_step = checkpointer.latest_step() or 0
     if start_step:
-        state, data_state = checkpointer.restore(start_step, abstract_state(state_shardings, state))
+        try:
+            state, data_state = checkpointer.restore(
+                start_step, abstract_state(state_shardings, state)
+            )
+        except CheckpointRestoreError as error:
+            checkpointer.close()
+            raise CheckpointRestoreError(f"{error}\n{_resume_advice(workdir, config)}") from error
         train_iter.set_state(data_state)
         logging.info("resumed from step %d", start_step)
     elif config.get("init_from"):
@@ -112,6 +177,9 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         state = jax.device_put(
             state.replace(params=variables.pop("params"), model_state=variables), state_shardings
         )
+
+    if jax.process_index() == 0:  # after the restore: a failed resume keeps the run's config
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(
@@ -132,13 +200,21 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         dynamic_ncols=True,
     )
     last_time, last_step = time.perf_counter(), start_step
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    skipped = 0  # steps whose update was withheld (non-finite) since the last log line
+    with (
+        PreemptionWatch() as preemption,
+        contextlib.closing(checkpointer),  # a started save completes even if training fails
+        jax.set_mesh(mesh),
+        nn.logical_axis_rules(rules),
+    ):
         for step in range(start_step + 1, config.total_steps + 1):
             batch = _global_batch(next(train_iter), batch_sharding)
             state, metrics = train_step(state, batch)
             # Wait for the step so that the progress bar shows real progress rather than
             # asynchronous dispatch; grain keeps preparing the next batches meanwhile.
             jax.block_until_ready(metrics["loss"])
+            finite_leaves = metrics.pop("finite_leaves")
+            skipped += check_finite(finite_leaves, state.params, step, config.nonfinite)
             progress.update()
             if step % config.log_every == 0 or step == config.total_steps:
                 metrics = jax.device_get(metrics)
@@ -147,10 +223,16 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
                 last_time, last_step = now, step
                 train_metrics = {f"train/{k}": v for k, v in metrics.items()}
                 train_metrics["train/img_per_s"] = img_per_s
+                train_metrics["train/skipped_steps"], skipped = skipped, 0
                 writer.write(step, train_metrics)
                 progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{img_per_s:.0f}")
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
+            stop = preemption.should_stop(step)
+            if stop or step % config.checkpoint_every == 0 or step == config.total_steps:
                 checkpointer.save(step, state, train_iter.get_state())
+            if stop:
+                checkpointer.close()  # the checkpoint is complete on disk before the exit
+                writer.close()
+                raise Preempted(step)
             if config.eval.every and step % config.eval.every == 0 and step < config.total_steps:
                 writer.write(step, evaluate(state.variables))
                 last_time = time.perf_counter()  # evaluation time is not training throughput

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh
 
@@ -52,6 +55,8 @@ def make_train_step(
     RNG and step (so a resumed run draws the same masks), and the model's non-parameter
     collections (BatchNorm statistics) come back updated. Modules whose path `locked`
     accepts (`ParamGroups.is_locked`: all their parameters frozen) run in inference mode.
+    `metrics["finite_leaves"]` (`finite_flags`) says whether the loss, gradients and updated
+    parameters were all finite; when not, the step changed nothing but `state.step`.
     """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -82,12 +87,58 @@ def make_train_step(
         }
         if "logit_scale" in params:
             metrics["logit_scale"] = jax.numpy.exp(params["logit_scale"])
-        new_state = state.replace(
-            step=state.step + 1, params=params, model_state=dict(model_state), opt_state=opt_state
-        )
-        return new_state, metrics
+        # One NaN or inf would spread through the parameters, Adam's moments and BatchNorm's
+        # statistics for good, so an update built on one is not applied; only the step
+        # counter moves on, and the loop stops or skips (`check_finite`).
+        metrics["finite_leaves"] = finite_flags(loss, grads, params)
+        updated = state.replace(params=params, model_state=dict(model_state), opt_state=opt_state)
+        all_finite = metrics["finite_leaves"].all()
+        kept = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), updated, state)
+        return kept.replace(step=state.step + 1), metrics
 
     return train_step
+
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def _leaf_names(prefix: str, tree: Any) -> list[str]:
+    """`prefix/path/to/leaf` for each leaf of `tree`, in `jax.tree.leaves` order."""
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return ["/".join([prefix, *(str(getattr(k, "key", k)) for k in path)]) for path in paths]
+
+
+def finite_flags(loss: jax.Array, grads: Any, params: Any) -> jax.Array:
+    """`[1 + 2 * leaves]` bool: whether the loss, each gradient leaf and each updated
+    parameter leaf are all finite, named in order by `finite_flag_names(params)`."""
+    leaves = [loss, *jax.tree.leaves(grads), *jax.tree.leaves(params)]
+    return jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])
+
+
+def finite_flag_names(params: Any) -> list[str]:
+    return ["loss", *_leaf_names("gradient", params), *_leaf_names("params", params)]
+
+
+def check_finite(finite_leaves: jax.Array, params: Any, step: int, policy: str) -> bool:
+    """Applies `config.nonfinite` to a step's `finite_leaves`; True when the step was skipped.
+
+    Under "stop" a step with a non-finite loss, gradient or updated parameter raises an error
+    naming them; under "skip" it is logged and reported as skipped (the step did not apply
+    its update either way). Names are worked out only when it happens.
+    """
+    finite_leaves = np.asarray(jax.device_get(finite_leaves))
+    if finite_leaves.all():
+        return False
+    names = [n for n, ok in zip(finite_flag_names(params), finite_leaves, strict=True) if not ok]
+    message = f"non-finite values at step {step} in " + ", ".join(names[:20])
+    message += f" and {len(names) - 20} more" if len(names) > 20 else ""
+    if policy == "stop":
+        raise FloatingPointError(
+            f"{message}. The update was not applied; the last checkpoint holds finite values. "
+            "Lower the learning rate, check the data, or set config.nonfinite='skip'."
+        )
+    logging.warning("%s; the step's update is skipped", message)
+    return True
 
 
 def _jit_over_batch(fn: Callable[[Any, Any], jax.Array], mesh: Mesh) -> Callable[..., jax.Array]:

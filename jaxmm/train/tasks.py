@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
-from flax import linen as nn
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
@@ -126,6 +125,7 @@ class ContrastiveTask:
                 class_names=pipeline.class_names(self.builder),
                 templates=eval_config.templates,
                 batch_size=eval_config.batch_size,
+                mesh=mesh,
             )
 
         return evaluate
