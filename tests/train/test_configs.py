@@ -73,10 +73,22 @@ def write_caption_collection(folder: pathlib.Path, num_images: int = 24) -> path
     return folder / "captions.csv"
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_smoke_setting_trains(name, tmp_path):
+# One config per real dataset: the other ImageNet/CIFAR configs share these data sections
+# (asserted below) and differ in model and optimizer, which their smoke runs exercise.
+MOCKED = {"resnet50_imagenet": "imagenet2012", "resnet18_cifar10": "cifar10"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """One tfds folder for the module, so the built-in dataset is generated once."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+# The mocked configs train their smoke model on their own dataset's plumbing instead (below).
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - set(MOCKED)))
+def test_smoke_setting_trains(name, tmp_path, data_dir):
     config = CONFIGS[name].get_config("smoke")
-    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.data_dir = data_dir
     if name == "clip_captions":
         config.data.builder_kwargs.path = str(write_caption_collection(tmp_path))
         config.data.builder_kwargs.val_fraction = 0.25
@@ -90,11 +102,6 @@ def test_smoke_setting_trains(name, tmp_path):
     assert 0 <= metrics["retrieval/i2t_r1"] <= 1
     if config.data.name == "clip_shapes":
         assert 0 <= metrics["zeroshot/top1"] <= 1
-
-
-# One config per real dataset: the other ImageNet/CIFAR configs share these data sections
-# (asserted below) and differ in model and optimizer, which their smoke runs exercise.
-MOCKED = {"resnet50_imagenet": "imagenet2012", "resnet18_cifar10": "cifar10"}
 
 
 def test_mocked_configs_stand_for_every_dataset_config():
