@@ -3,6 +3,8 @@
 `load_clip_tokenizer` rebuilds OpenAI CLIP's byte-level BPE (openai/CLIP
 `clip/simple_tokenizer.py`, also open_clip's `SimpleTokenizer`) from
 `bpe_simple_vocab_16e6.txt.gz` and gives exactly its ids: vocab 49,408, SOT 49406, EOT 49407.
+A copy of that file ships inside jaxmm (`jaxmm/data/assets/`, MIT licence beside it), so
+`load_clip_tokenizer()` needs no download.
 `train_bpe_tokenizer` trains a small byte-level BPE of the same shape on a caption corpus.
 Both return a `Tokenizer`, whose call gives the `[N, context_length]` int32 array the text
 tower eats: SOT, ids, EOT, zero padding.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+import importlib.resources
 import json
 import os
 import pathlib
@@ -40,6 +43,8 @@ END_OF_WORD = "</w>"
 # lines[1 : 49152 - 256 - 2 + 1] of the merges file, as in OpenAI's SimpleTokenizer.
 NUM_CLIP_MERGES = 49152 - 256 - 2
 CLIP_VOCAB_SIZE = 2 * 256 + NUM_CLIP_MERGES + 2
+# OpenAI's merges file, shipped as package data under jaxmm/data/assets/ (as open_clip does).
+PACKAGED_MERGES = "bpe_simple_vocab_16e6.txt.gz"
 
 # OpenAI's pre-tokenisation pattern (case-insensitive). `(?i)` matters even after
 # lower-casing: case folding lets `'s` match e.g. "'ſ" (long s), which lower() leaves alone.
@@ -224,19 +229,33 @@ class Tokenizer:
         return cls(tokenizers.Tokenizer.from_file(str(path)))
 
 
-def load_clip_tokenizer(merges_path: str | os.PathLike) -> Tokenizer:
+def packaged_merges() -> importlib.resources.abc.Traversable:
+    """OpenAI's `bpe_simple_vocab_16e6.txt.gz`, shipped inside jaxmm (MIT, see its LICENSE)."""
+    return importlib.resources.files("jaxmm.data").joinpath("assets", PACKAGED_MERGES)
+
+
+def load_clip_tokenizer(merges_path: str | os.PathLike | None = None) -> Tokenizer:
     """OpenAI CLIP's tokenizer from `bpe_simple_vocab_16e6.txt.gz` (gzip or plain text).
 
     Vocab order follows OpenAI: 256 byte characters, the same with `</w>`, one token per merge,
     then SOT (49406) and EOT (49407).
 
+    Args:
+        merges_path: a merges file; None or "" (a config's "not set") takes the copy of
+            OpenAI's file shipped with jaxmm, so no download is needed.
+
     Raises:
         FileNotFoundError: `merges_path` does not exist.
         ValueError: the file holds fewer merges than CLIP's 48,894.
     """
-    path = pathlib.Path(merges_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CLIP BPE merges file not found: {path}")
+    if merges_path is None or str(merges_path) == "":
+        path = packaged_merges()
+        if not path.is_file():  # a broken install: the package data did not come along
+            raise FileNotFoundError(f"jaxmm's packaged CLIP BPE merges file is missing: {path}")
+    else:
+        path = pathlib.Path(merges_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP BPE merges file not found: {path}")
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":  # gzip magic; the name alone does not say.
         data = gzip.decompress(data)
