@@ -57,7 +57,6 @@ from jaxmm.models import create_model  # noqa: E402
 from jaxmm.train.steps import make_encoders  # noqa: E402
 from jaxmm.train.tasks import clip_model_overrides  # noqa: E402
 
-DEFAULT_MERGES = REPO.parent / "shared" / "data" / "clip_bpe" / "bpe_simple_vocab_16e6.txt.gz"
 # Stored images are larger than the model's input, as in a real split (the Flickr8k sample
 # keeps 256 px); the evaluator's crop and resize are part of the image-side time.
 STORED_IMAGE_SIZE = 256
@@ -211,19 +210,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num_images", type=int, default=0, help="images per model (default: per model)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts")
-    parser.add_argument("--merges", default=str(DEFAULT_MERGES), help="CLIP BPE merges file")
+    parser.add_argument(
+        "--merges", default="", help="CLIP BPE merges file (default: the copy shipped in jaxmm)"
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/eval_throughput.json"))
     args = parser.parse_args(argv)
     if args.num_images < 0 or args.repeats < 1:
         parser.error("--num_images must be >= 0 and --repeats >= 1")
-    if not pathlib.Path(args.merges).is_file():
+    if args.merges and not pathlib.Path(args.merges).is_file():
         parser.error(f"--merges: {args.merges} not found (the OpenAI CLIP BPE merges file)")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    tokenizer = load_clip_tokenizer(args.merges)
+    tokenizer = load_clip_tokenizer(args.merges or None)
     load = os.getloadavg()
     rows = []
     for name in args.models:

@@ -1,16 +1,21 @@
 """Images/s of the real training input pipeline, per CPU core and with all of them.
 
-    python benchmarks/input_pipeline.py [--image_size=224] [--batch=64] [--batches=10]
-        [--train_step_json=benchmarks/results/train_step_gpu.json] [--out=...json]
+    python benchmarks/input_pipeline.py --captions=CAPTIONS [--image_size=224] [--batch=64]
+        [--batches=10] [--train_step_json=benchmarks/results/train_step_gpu.json] [--out=...json]
 
-Reads the 1,000 real Flickr8k JPEGs of `../shared/data/flickr8k_1000` through the user-data
-builder (prepared once into `--data_dir`) and runs `jaxmm.data.pipeline.train_iterator` with
-`image_text_example` exactly as `configs/clip_captions.py` trains: JPEG decode,
-random-resized crop to `--image_size`, flip, normalisation, a random caption tokenised by the
-OpenAI CLIP BPE tokenizer (context 77). It times `--batches` batches after two warm-up ones
-with `num_threads=1` and with one thread per core, and prints images/s beside the jaxmm train
-step's rate from a `benchmarks/train_step.py` JSON, when given: a pipeline slower than the step
-starves the accelerator. Needs tensorflow-datasets, grain, ml_collections and tokenizers.
+`--captions` is a caption file in the user-data layout (CSV/TSV/JSONL beside its images):
+the 1,000 real Flickr8k photos (at most 256 px) that BENCHMARKS.md measured, your own, or the
+built-in dataset exported as JPEGs (`python -m jaxmm.data.export --dataset=shapes --num=1000
+--out=shapes_1000/`, then `--captions=shapes_1000/captions.csv`; its 64 px scenes decode faster
+than photos, so quote figures measured on photos). The file's train split (every image when
+it has no split column) goes through the user-data builder (prepared once into `--data_dir`)
+and `jaxmm.data.pipeline.train_iterator` with `image_text_example` exactly as
+`configs/clip_captions.py` trains: JPEG decode, random-resized crop to `--image_size`, flip,
+normalisation, a random caption tokenised by the OpenAI CLIP BPE tokenizer shipped in jaxmm
+(context 77). It times `--batches` batches after two warm-up ones with `num_threads=1` and with
+one thread per core, and prints images/s beside the jaxmm train step's rate from a
+`benchmarks/train_step.py` JSON, when given: a pipeline slower than the step starves the
+accelerator. Needs tensorflow-datasets, grain, ml_collections and tokenizers.
 """
 
 from __future__ import annotations
@@ -32,8 +37,6 @@ import grain  # noqa: E402
 from configs import clip_captions  # noqa: E402
 from jaxmm.data import datasets, pipeline  # noqa: E402
 from jaxmm.data.tokenizer import load_clip_tokenizer  # noqa: E402
-
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def images_per_second(source, example_fn, data_config, batch: int, batches: int) -> float:
@@ -60,19 +63,17 @@ def train_step_rates(path: str | None) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> None:
-    pairs = pathlib.Path(args.data) / "flickr8k_1000" / "pairs.jsonl"
-    merges = pathlib.Path(args.data) / "clip_bpe" / "bpe_simple_vocab_16e6.txt.gz"
-    for needed in (pairs, merges):
-        if not needed.is_file():
-            raise SystemExit(f"--data: {needed} not found")
+    captions = pathlib.Path(args.captions).expanduser()
+    if not captions.is_file():
+        raise SystemExit(f"--captions: {captions} not found (a CSV/TSV/JSONL caption file)")
     config = clip_captions.get_config()
     data = config.data
     data.data_dir = args.data_dir
     # The JPEGs as they are (Flickr8k's are at most 500 px): decoding them is part of the cost.
-    data.builder_kwargs.update(path=str(pairs), max_image_size=None, val_fraction=0.0)
+    data.builder_kwargs.update(path=str(captions), max_image_size=None, val_fraction=0.0)
     data.image_size, data.context_length, data.flip = args.image_size, 77, True
     source = datasets.prepare_builder(data).as_data_source("train")
-    tokenizer = load_clip_tokenizer(merges)
+    tokenizer = load_clip_tokenizer()
     example_fn = functools.partial(pipeline.image_text_example, tokenizer=tokenizer, config=data)
 
     cores = os.cpu_count() or 1
@@ -106,7 +107,9 @@ def main(args: argparse.Namespace) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(SHARED_DATA), help="the shared reference data")
+    parser.add_argument(
+        "--captions", required=True, help="caption file (CSV/TSV/JSONL) of the images to read"
+    )
     parser.add_argument("--data_dir", default="/tmp/jaxmm_bench_tfds", help="tfds cache")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
