@@ -9,6 +9,7 @@ is prepared as array_record so grain can read it without TensorFlow.
 from __future__ import annotations
 
 import inspect
+import os
 
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
@@ -53,16 +54,26 @@ def user_builder_options(name: str) -> list[str]:
 
 def _user_builder(name: str, data_dir: str | None, kwargs: dict) -> tfds.core.DatasetBuilder:
     # Configs use one set of fields for every layout: `path` is the caption file, the COCO
-    # JSON or the image folder.
+    # folder or JSON, or the image folder.
     if "path" not in kwargs:
         what = "image folder" if name == "image_folder" else "caption file"
         raise ValueError(f"data.builder_kwargs.path must name the {what} for {name!r}")
+    # A mapping written in a config file (COCO's `{split: file}`) arrives as a ConfigDict,
+    # which is not a `Mapping`; the builders take plain dicts.
+    kwargs = {k: v.to_dict() if isinstance(v, ConfigDict) else v for k, v in kwargs.items()}
     if name == "image_folder":
         kwargs["root"] = kwargs.pop("path")
     if name == "coco_caption_files":
         kwargs["annotations"] = kwargs.pop("path")
-        if "image_root" not in kwargs:
-            raise ValueError("coco_caption_files needs data.builder_kwargs.image_root")
+        coco_folder = isinstance(kwargs["annotations"], str) and os.path.isdir(
+            os.path.expanduser(kwargs["annotations"])
+        )
+        if not coco_folder and "image_root" not in kwargs:
+            raise ValueError(
+                "coco_caption_files needs data.builder_kwargs.image_root, the folder of the "
+                "images of data.builder_kwargs.path (or set path to COCO's folder, the one "
+                "holding annotations/, train2017/ and val2017/)"
+            )
     return USER_BUILDERS[name](data_dir=data_dir, **kwargs)
 
 

@@ -11,7 +11,8 @@ Two layouts, one example schema (shared with jaxmm's built-in caption datasets):
   `split`|`official_split`) or a `.jsonl` (`{"image": ..., "caption": "..."}` or
   `{"image": ..., "captions": [...]}`, optional `"split"`/`"official_split"`). Rows of one image
   are grouped into one example, captions in file order.
-- `CocoCaptions(annotations, image_root)`: COCO caption JSON files, one per split.
+- `CocoCaptions(annotations, image_root)`: COCO caption JSON files, one per split, or COCO's
+  folder as downloaded (`annotations/captions_{train,val}2017.json`, `train2017/`, `val2017/`).
 
 Usage (the training pipeline does this):
 
@@ -603,36 +604,101 @@ class ImageCaptionFile(UserDataBuilder, skip_registration=True):
         return {s: self._generate_examples(rs, self._image_root) for s, rs in by_split.items()}
 
 
+# COCO's own layout of a download: annotations/captions_{train,val}YEAR.json, {train,val}YEAR/.
+COCO_YEARS = ("2017", "2014")
+COCO_SPLIT_NAMES = {"train": "train", "validation": "val"}
+
+
+def coco_layout(root: str | os.PathLike) -> tuple[dict[str, pathlib.Path], dict[str, pathlib.Path]]:
+    """`({split: caption JSON}, {split: image folder})` of a COCO folder as downloaded.
+
+    `root/annotations/captions_train2017.json` with `root/train2017/` is the 'train' split and,
+    when present, `captions_val2017.json` with `val2017/` the 'validation' split (COCO 2014's
+    names work too). The image folders are checked by `CocoCaptions`.
+
+    Raises:
+        FileNotFoundError: `root` is not a folder or holds no train caption file.
+    """
+    folder = pathlib.Path(root).expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"COCO folder not found: {folder}")
+    year = next(
+        (y for y in COCO_YEARS if (folder / "annotations" / f"captions_train{y}.json").is_file()),
+        None,
+    )
+    if year is None:
+        raise FileNotFoundError(
+            f"COCO folder {folder}: annotations/captions_train2017.json not found (expected "
+            "COCO's layout: annotations/captions_train2017.json, captions_val2017.json, "
+            "train2017/, val2017/)"
+        )
+    files, roots = {}, {}
+    for split, name in COCO_SPLIT_NAMES.items():
+        file = folder / "annotations" / f"captions_{name}{year}.json"
+        if file.is_file():
+            files[split], roots[split] = file, folder / f"{name}{year}"
+    return files, roots
+
+
 class CocoCaptions(UserDataBuilder, skip_registration=True):
     """Images and captions in COCO caption JSON files (`captions_<split>2017.json`)."""
 
     def __init__(
         self,
         annotations: str | os.PathLike | Mapping[str, str | os.PathLike],
-        image_root: str | os.PathLike | Mapping[str, str | os.PathLike],
+        image_root: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
         *,
         data_dir: str | os.PathLike | None = None,
         max_image_size: int | None = 512,
         on_bad_image: str = "error",
+        val_fraction: float = 0.0,
         num_workers: int | None = None,
     ):
         """Describes the dataset; `download_and_prepare()` then reads and encodes everything.
 
         Args:
-            annotations: `{split: json_path}` (splits 'train', 'validation'/'val', 'test'); a
-                single path is the 'train' split.
-            image_root: `{split: folder}` with the split's images, or one folder for all.
+            annotations: COCO's folder as downloaded (see `coco_layout`: train and, when
+                present, val captions and images); or `{split: json_path}` (splits 'train',
+                'validation'/'val', 'test'); or a single JSON path, the 'train' split.
+            image_root: `{split: folder}` with the split's images, or one folder for all;
+                required with JSON files, not given with a COCO folder.
             data_dir: tfds data root (default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
             max_image_size: longest image side kept; None stores the original size.
             on_bad_image: 'error' raises `BadImageError`; 'skip' drops and counts the image.
+            val_fraction: share of the train file's images hashed into 'validation' (by their
+                `file_name`, as caption files are) when no validation file is given; with one,
+                the file is the validation split and this is not used.
             num_workers: image-encoding threads (default: CPU count, at most 8).
 
         Raises:
             FileNotFoundError: an annotation file or image folder does not exist.
-            ValueError: unknown split name, or no image folder for a split.
+            ValueError: unknown split name, no image folder for a split, or a bad option.
         """
+        init_kwargs = dict(
+            annotations=annotations,
+            image_root=image_root,
+            data_dir=data_dir,
+            max_image_size=max_image_size,
+            on_bad_image=on_bad_image,
+            val_fraction=val_fraction,
+            num_workers=num_workers,
+        )
+        if not isinstance(annotations, Mapping) and pathlib.Path(annotations).expanduser().is_dir():
+            if image_root is not None:
+                raise ValueError(
+                    f"image_root={str(image_root)!r} given with the COCO folder {annotations}, "
+                    "whose images are read from its train2017/ and val2017/: leave it unset"
+                )
+            annotations, image_root = coco_layout(annotations)
+        elif image_root is None:
+            raise ValueError(
+                f"image_root: the folder of the images of {annotations} is needed (or give "
+                "COCO's folder, holding annotations/ and train2017/, instead of its JSON)"
+            )
         if not isinstance(annotations, Mapping):
             annotations = {"train": annotations}
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         files, roots = {}, {}
         for name, file in annotations.items():
             split = _canonical_split(name, "annotations")
@@ -653,18 +719,19 @@ class CocoCaptions(UserDataBuilder, skip_registration=True):
                 raise FileNotFoundError(
                     f"image folder for split {split!r} not found: {roots[split]}"
                 )
+        # Hashing into validation only happens without a validation file; otherwise the
+        # fraction changes nothing and must not change the dataset's folder either.
+        self._val_fraction = 0.0 if "validation" in files else val_fraction
+        if self._val_fraction and "train" not in files:
+            raise ValueError("val_fraction splits the train file, but no train file is given")
         self._files, self._roots = files, roots
-        init_kwargs = dict(
-            annotations=annotations,
-            image_root=image_root,
-            data_dir=data_dir,
-            max_image_size=max_image_size,
-            on_bad_image=on_bad_image,
-            num_workers=num_workers,
-        )
         self._setup(
             sources=[files[s] for s in sorted(files)],
-            options={"splits": sorted(files), "roots": {s: roots[s] for s in sorted(roots)}},
+            options={
+                "splits": sorted(files),
+                "roots": {s: roots[s] for s in sorted(roots)},
+                "val_fraction": self._val_fraction,
+            },
             init_kwargs=init_kwargs,
             max_image_size=max_image_size,
             on_bad_image=on_bad_image,
@@ -681,6 +748,12 @@ class CocoCaptions(UserDataBuilder, skip_registration=True):
             empty += len(records) - len(with_captions)
             if not with_captions:
                 raise ValueError(f"{file}: no image has a caption")
-            generators[split] = self._generate_examples(with_captions, self._roots[split])
+            if split == "train" and self._val_fraction:
+                for record in with_captions:
+                    record.split = hash_split(record.image, self._val_fraction, 0.0)
+            by_split = self._split_dict(with_captions, str(file), [split])
+            for target, split_records in by_split.items():
+                # Images hashed into validation still live in the train file's folder.
+                generators[target] = self._generate_examples(split_records, self._roots[split])
         self._record_exclusions(empty, 0)
         return generators
