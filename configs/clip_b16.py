@@ -1,17 +1,17 @@
 """CLIP ViT-B/16 with the paper's recipe (Radford et al. 2021), for accelerators.
 
     python train.py --config=configs/clip_b16.py --workdir=runs/clip_b16 \
-        --config.data.builder_kwargs.path=/data/my_captions.csv \
-        --config.tokenizer.merges_path=/data/bpe_simple_vocab_16e6.txt.gz
+        --config.data.builder_kwargs.path=/data/my_captions.csv
 
 Image tower ViT-B/16 at 224 px, text tower 12 layers x 512 wide, context 77,
-OpenAI's BPE vocabulary (49,408 tokens), 512-d joint embedding. Optimiser as in
-the paper's section 2.5 and table 19: AdamW (beta2 0.98, eps 1e-6), weight decay
-0.2, batch 32,768, learning rate 5e-4 with 2,000 warmup steps and cosine decay,
-32 epochs (of a 400M-pair dataset: ~390k steps). Reads any image-text dataset:
-by default a CSV/TSV/JSONL of image paths and captions (`image_caption_file`), or
-`--config.data.name=coco_caption_files` / any prepared tfds dataset whose examples
-carry `image` and `captions`. bf16 compute with float32 parameters.
+OpenAI's BPE vocabulary (49,408 tokens; the merges file ships with jaxmm), 512-d
+joint embedding. Optimiser as in the paper's section 2.5 and table 19: AdamW (beta2
+0.98, eps 1e-6), weight decay 0.2, batch 32,768, learning rate 5e-4 with 2,000 warmup
+steps and cosine decay, 32 epochs (of a 400M-pair dataset: ~390k steps). Reads any
+image-text dataset: by default a CSV/TSV/JSONL of image paths and captions
+(`image_caption_file`), or `--config.data.name=coco_caption_files` with `path` COCO's
+folder, or any prepared tfds dataset whose examples carry `image` and `captions`.
+bf16 compute with float32 parameters.
 
 `--config=configs/clip_b16.py:smoke` keeps the structure but shrinks it to a
 seconds-long CPU run on the built-in dataset (tests use it).
@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         std=CLIP_STD,
         num_threads=16,
     )
+    # merges_path "" is OpenAI's bpe_simple_vocab_16e6.txt.gz, shipped inside jaxmm.
     config.tokenizer = dict(kind="clip", vocab_size=49408, merges_path="", train_on_examples=0)
     config.model = dict(name="clip_vit_b16", dtype="bfloat16", image={}, text={})
     # AdamW betas, eps and clipping as in clip_small (the paper's values).

@@ -5,17 +5,20 @@
 
 `path` is a CSV/TSV (header with `image` and `caption` columns, optional `split`)
 or a JSONL file (`{"image": ..., "caption": ...}` or `"captions": [...]`), image
-paths relative to `image_root` (default: the file's folder). For a COCO-style
-captions JSON use `--config.data.name=coco_caption_files` with `path` the JSON
-and `image_root` the image folder. The first run converts everything to an
-array_record tfds dataset under `data_dir`; later runs reuse it. A missing or
-corrupt image stops the conversion with an error naming the file, unless
-`--config.data.builder_kwargs.on_bad_image=skip`, which skips and counts it.
+paths relative to `image_root` (default: the file's folder). With
+`--config.data.name=coco_caption_files`, `path` is COCO's folder as downloaded
+(`annotations/captions_{train,val}2017.json`, `train2017/`, `val2017/`; val2017 is
+the validation split), or one COCO captions JSON with `image_root` its image folder.
+The first run converts everything to an array_record tfds dataset under `data_dir`;
+later runs reuse it. A missing or corrupt image stops the conversion with an error
+naming the file, unless `--config.data.builder_kwargs.on_bad_image=skip`, which
+skips and counts it.
 
-Evaluation is image<->text retrieval on the validation split (10% of the images,
-chosen by a stable hash of their path, unless the file has a `split` column).
-On the 1,000 Flickr8k pairs of ../shared/data/flickr8k_1000 the default run takes
-a few minutes on a 2-core CPU.
+Evaluation is image<->text retrieval on the validation split (`val_fraction`, 10%, of
+the images, chosen by a stable hash of their path, unless the file has a `split` column
+or COCO's val file is there). To try it with no data of your own, export the built-in
+scenes first: `python -m jaxmm.data.export --num=1000 --out=my_captions/`, then
+`--config.data.builder_kwargs.path=my_captions/captions.csv`.
 """
 
 from ml_collections import ConfigDict

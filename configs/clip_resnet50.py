@@ -3,8 +3,7 @@ over the global batch) and CLIP's 12-layer text Transformer, trained with the pa
 (the `clip_b16` config's optimizer, data and tokenizer) at batch 4,096.
 
     python train.py --config=configs/clip_resnet50.py --workdir=runs/clip_resnet50 \
-        --config.data.builder_kwargs.path=/data/my_captions.csv \
-        --config.tokenizer.merges_path=/data/bpe_simple_vocab_16e6.txt.gz
+        --config.data.builder_kwargs.path=/data/my_captions.csv
 
 Any registry image model serves as the tower the same way:
 `--config.model.image_tower=mobilenet_v3_large` (or `swin_t`, `vgg16_bn`, ...); its features

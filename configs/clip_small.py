@@ -52,6 +52,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         std=(0.25, 0.25, 0.25),
         num_threads=2,
     )
+    # kind "bpe" trains a small BPE on the captions; "clip" is OpenAI's vocabulary, read from
+    # merges_path ("" = the copy of bpe_simple_vocab_16e6.txt.gz shipped inside jaxmm).
     config.tokenizer = dict(kind="bpe", vocab_size=1024, merges_path="", train_on_examples=5000)
     config.model = dict(
         name="clip_test",

@@ -54,3 +54,14 @@ def test_default_tokenizer_matches_openai_golden_ids(packaged_tok, shared_data):
 def test_missing_merges_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt.gz"):
         tok_lib.load_clip_tokenizer(tmp_path / "nope.txt.gz")
+
+
+def test_configs_with_openai_vocab_need_no_merges_path(tmp_path):
+    from configs import clip_b16
+    from jaxmm.train import tasks
+
+    config = clip_b16.get_config().tokenizer
+    assert config.kind == "clip" and config.merges_path == ""
+    tok = tasks.build_tokenizer(config, builder=None, workdir=tmp_path)
+    assert tok.vocab_size == 49408 and (tmp_path / tasks.TOKENIZER_FILE).is_file()
+    assert tok("a photo of a dog")[0, :7].tolist() == [49406, 320, 1125, 539, 320, 1929, 49407]
