@@ -4,7 +4,10 @@
     python train.py --config=configs/clip_small.py:smoke --config.total_steps=10
 
 Any config field can be overridden with `--config.FIELD=VALUE`; an unknown field
-is an error. Re-running a command with the same workdir resumes it.
+is an error. Re-running a command with the same workdir resumes it; while a run is
+going, another one started on its workdir stops at once, naming it. Exit status 0
+means the run finished; bad input ends it with one line `error: ...` and status 1
+(`JAXMM_TRACEBACK=1` shows the traceback).
 """
 
 import os
@@ -16,6 +19,9 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import jaxmm.train  # noqa: E402
+from jaxmm import cli  # noqa: E402
+from jaxmm.train.checkpoint import CheckpointRestoreError, CheckpointWriteError  # noqa: E402
+from jaxmm.train.workdir_lock import WorkdirLockedError  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics go here (default runs/NAME).")
@@ -38,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, errors=(CheckpointRestoreError, CheckpointWriteError, WorkdirLockedError))

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jaxmm import convert
+from jaxmm import cli, convert
 from jaxmm.data import image_ops
 from jaxmm.models import create_model
 
@@ -91,4 +91,5 @@ def main(argv: Sequence[str] | None = None) -> list[list[tuple[int, float]]]:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.one_line_errors():
+        main()

@@ -31,7 +31,7 @@ from flax import traverse_util  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 from ml_collections import ConfigDict, config_flags  # noqa: E402
 
-from jaxmm import sharding  # noqa: E402
+from jaxmm import cli, sharding  # noqa: E402
 from jaxmm.data import datasets, pipeline  # noqa: E402
 from jaxmm.evaluate.few_shot import few_shot_metrics  # noqa: E402
 from jaxmm.evaluate.image_text import embed_images  # noqa: E402
@@ -201,4 +201,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Exit status 0 on success (absl would take the metrics `main` returns for a status).
+    cli.run(main)

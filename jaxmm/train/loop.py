@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 
 from jaxmm import sharding
 from jaxmm.data import datasets, pipeline
-from jaxmm.train import config_check, distributed, tasks
+from jaxmm.train import config_check, distributed, tasks, workdir_lock
 from jaxmm.train.checkpoint import Checkpointer, CheckpointRestoreError
 from jaxmm.train.metric_writer import MetricWriter
 from jaxmm.train.optimizer import ParamGroups, learning_rate_schedule, make_optimizer
@@ -132,7 +132,13 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.logical_rules(config.mesh_rules)
     validate_config(config, mesh)
+    # Two runs in one workdir would overwrite each other's checkpoints: the second one stops.
+    with workdir_lock.hold(workdir):
+        return _train(config, workdir, mesh, rules)
 
+
+def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) -> dict[str, Any]:
+    """`run` once the config is checked and the workdir is this run's alone."""
     builder = distributed.first_process_then_others(
         "prepare_data", lambda: datasets.prepare_builder(config.data)
     )
