@@ -4,6 +4,10 @@ Each family file declares its variants as data (a table of field values); this
 module turns every row into a registry entry. Overrides replace fields of the
 module being built; CLIP entries also take `image_tower`/`text_tower` (registry
 names) and `image`/`text` (dicts of overrides for the towers).
+
+`create_model(name, pretrained=TAG)` also loads published weights (`jaxmm.weights`).
+Linen modules hold no parameters, so it returns `(module, variables)` rather than a module
+holding weights as timm's `create_model` does.
 """
 
 from __future__ import annotations
@@ -86,13 +90,33 @@ def _create_tower(clip_name: str, role: str, name: str, overrides: Mapping[str, 
         raise TypeError(f"{clip_name} {role} tower (the {role!r} overrides): {e}") from None
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(
+    name: str, pretrained: str | None = None, **overrides: Any
+) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
     """Builds the registered model `name`, replacing fields with `overrides`.
 
+    Args:
+        name: a registry name (`list_models()`).
+        pretrained: None for the module alone; a weights tag of `name`
+            (`torchvision:IMAGENET1K_V2`, `openai`; `jaxmm.weights.list_pretrained(name)`),
+            `NAME@TAG`, or a PyTorch checkpoint file, to also get its converted variables.
+        **overrides: field values replacing the registry entry's.
+
+    Returns:
+        The module; with `pretrained`, `(module, variables)` for `module.apply(variables, ...)`
+        (the file is downloaded and verified once, then read from the cache).
+
     Raises:
-        KeyError: `name` is not registered (the message lists what is).
+        KeyError: `name` is not registered (the message lists what is), or `pretrained` is
+            an unknown tag (the message lists the model's).
         TypeError: an override names no field of the model.
     """
+    if pretrained is not None:
+        # Imported here: jaxmm.weights converts through jaxmm.convert, which imports this module.
+        from jaxmm import weights
+
+        model = create_model(name, **overrides)
+        return model, weights.load(name, pretrained, **overrides)
     if name in CLIP_VARIANTS:
         return _create_clip(name, **overrides)
     if name not in _REGISTRY:

@@ -1,6 +1,9 @@
 """Starting a run from pretrained weights: `config.init_from`.
 
-Two sources are understood:
+Three sources are understood:
+- a published checkpoint by name: a weights tag of the run's model (`torchvision:IMAGENET1K_V2`,
+  `openai`) or `MODEL@TAG` (`jaxmm.weights`), downloaded into the cache once and converted;
+  a registered tag wins over a file or folder of the same name (write `./openai` for that);
 - a PyTorch checkpoint (`.pth`/`.pt`/`.bin`/`.safetensors`) of a model `jaxmm.convert`
   knows (torchvision, timm), converted on the fly;
 - a jaxmm run (its workdir, its `checkpoints` folder, or one step's folder): the newest
@@ -24,7 +27,7 @@ from absl import logging
 from flax import linen as nn
 from flax import traverse_util
 
-from jaxmm import convert
+from jaxmm import convert, weights
 from jaxmm.models import create_model
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -50,9 +53,9 @@ def _shapes(variables: Any) -> dict[Path, tuple[int, ...]]:
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
-def _from_torch(path: pathlib.Path, task: Any) -> dict[str, Any]:
-    """Converts a PyTorch checkpoint; with another class count, everything but its head."""
-    state_dict = convert.load_state_dict(path)
+def _from_torch(state_dict: dict[str, Any], task: Any, path: Any) -> dict[str, Any]:
+    """Converts a PyTorch state dict read from `path` (a file, or a weights tag); with another
+    class count, everything but its head."""
     overrides = dict(task.model_overrides)
     try:
         return convert.from_torch(task.model_name, state_dict, **overrides)
@@ -131,14 +134,22 @@ def load_variables(init_from: str, task: Any) -> dict[str, Any]:
     cannot use): WiSE-FT's zero-shot model, and what `load_pretrained` merges.
 
     Args:
-        init_from: a PyTorch checkpoint file or a jaxmm run/checkpoint folder.
+        init_from: a weights tag of the run's model or `MODEL@TAG`, a PyTorch checkpoint file,
+            or a jaxmm run/checkpoint folder.
         task: the run's task (`jaxmm.train.tasks`): its model, registry name and overrides.
     """
+    entry = weights.resolve(init_from, task.model_name)
+    if entry is not None:
+        return _from_torch(weights.load_state_dict(entry), task, entry.spec)
     path = pathlib.Path(init_from).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"init_from: {path} does not exist")
+        tags = ", ".join(s.split("@", 1)[1] for s in weights.list_pretrained(task.model_name))
+        raise FileNotFoundError(
+            f"init_from: {path} does not exist"
+            + (f" (weights tags of {task.model_name}: {tags})" if tags else "")
+        )
     if path.suffix in TORCH_SUFFIXES:
-        return _from_torch(path, task)
+        return _from_torch(convert.load_state_dict(path), task, path)
     if path.is_dir():
         return _from_orbax(path)
     raise ValueError(
@@ -151,11 +162,12 @@ def load_pretrained(init_from: str, task: Any, init_variables: Any) -> dict[str,
     """The run's initial variables: `init_variables` overwritten from `init_from`.
 
     Args:
-        init_from: a PyTorch checkpoint file or a jaxmm run/checkpoint folder.
+        init_from: as `load_variables`.
         task: the run's task (`jaxmm.train.tasks`): its model, registry name and overrides.
         init_variables: the freshly initialised variables (they provide shapes, dtypes and
             the new head).
     """
     loaded = load_variables(init_from, task)
-    source = str(pathlib.Path(init_from).expanduser())
+    entry = weights.resolve(init_from, task.model_name)
+    source = entry.spec if entry is not None else str(pathlib.Path(init_from).expanduser())
     return merge_pretrained(init_variables, loaded, head_paths(task), source)
