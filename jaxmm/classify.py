@@ -1,11 +1,14 @@
 """Classify images with a converted PyTorch checkpoint: `python -m jaxmm.classify`.
 
     python -m jaxmm.classify --model=resnet50 --weights=resnet50-11ad3fa6.pth dog.jpg cat.png
+    python -m jaxmm.classify --weights=resnet50@torchvision:IMAGENET1K_V2 dog.jpg
 
 Prints the top classes of each image with their probabilities. Images get the standard
 ImageNet evaluation view (central 87.5% square, resized to `--size`, ImageNet mean/std, as
 torchvision's and timm's weights expect); `--mean`/`--std` change the normalisation (timm's
-ViT weights use 0.5/0.5). Class names come from `--labels` (a text file, one name per line),
+ViT weights use 0.5/0.5). Weights named by tag (`jaxmm.weights`: `--weights=TAG` with
+`--model`, or `--weights=MODEL@TAG`) are downloaded once and bring their own normalisation
+and crop. Class names come from `--labels` (a text file, one name per line),
 or, for 1000-class checkpoints with torchvision installed, from torchvision's ImageNet list;
 otherwise indices are printed.
 """
@@ -20,7 +23,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jaxmm import cli, convert
+from jaxmm import cli, convert, weights
 from jaxmm.data import image_ops
 from jaxmm.models import create_model
 
@@ -59,17 +62,39 @@ def top_classes(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
 def main(argv: Sequence[str] | None = None) -> list[list[tuple[int, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--model", required=True, help="registry name, e.g. resnet50")
-    parser.add_argument("--weights", required=True, help=".pth/.pt/.bin/.safetensors file")
+    parser.add_argument("--model", help="registry name, e.g. resnet50 (implied by MODEL@TAG)")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="a weights tag (torchvision:IMAGENET1K_V2), MODEL@TAG, or a "
+        ".pth/.pt/.bin/.safetensors file",
+    )
     parser.add_argument("--size", type=int, default=224, help="input resolution")
     parser.add_argument("--top", type=int, default=5, help="classes to print per image")
-    parser.add_argument("--mean", type=float, nargs=3, default=image_ops.IMAGENET_MEAN)
-    parser.add_argument("--std", type=float, nargs=3, default=image_ops.IMAGENET_STD)
+    parser.add_argument("--mean", type=float, nargs=3, help="default: the weights' or ImageNet's")
+    parser.add_argument("--std", type=float, nargs=3, help="default: the weights' or ImageNet's")
     parser.add_argument("--labels", help="text file with one class name per line")
     args = parser.parse_args(argv)
 
-    state_dict = convert.load_state_dict(args.weights)
-    head = convert.head_keys(args.model)
+    try:
+        entry = weights.resolve(args.weights, args.model)
+    except (KeyError, ValueError) as err:
+        parser.error(str(err).strip("'\""))
+    if args.model is None:
+        if entry is None:
+            parser.error("--model is required unless --weights names MODEL@TAG")
+        args.model = entry.model
+    mean = args.mean or (entry.mean if entry else image_ops.IMAGENET_MEAN)
+    std = args.std or (entry.std if entry else image_ops.IMAGENET_STD)
+    crop_fraction = entry.crop_fraction if entry else 0.875
+    if entry is not None:
+        state_dict = weights.load_state_dict(entry)
+    else:
+        state_dict = convert.load_state_dict(args.weights)
+    try:
+        head = convert.head_keys(args.model)
+    except TypeError:  # no `num_classes` field: CLIP and the text tower have no classifier
+        parser.error(f"--model={args.model} is not an image classifier")
     # The class count is whatever the checkpoint's classifier says.
     weight = next(key for key in sorted(head) if key.endswith("weight"))
     if weight not in state_dict:
@@ -81,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> list[list[tuple[int, float]]]:
     predict = jax.jit(lambda images: model.apply(variables, images))
     results = []
     for path in args.images:
-        logits = np.asarray(predict(load_image(path, args.size, args.mean, args.std)[None]))[0]
+        image = load_image(path, args.size, mean, std, crop_fraction)
+        logits = np.asarray(predict(image[None]))[0]
         results.append(top_classes(logits, args.top))
         print(path)
         for index, probability in results[-1]:
