@@ -87,14 +87,14 @@ def main(argv: Sequence[str] | None = None) -> list[list[tuple[int, float]]]:
     mean = args.mean or (entry.mean if entry else image_ops.IMAGENET_MEAN)
     std = args.std or (entry.std if entry else image_ops.IMAGENET_STD)
     crop_fraction = entry.crop_fraction if entry else 0.875
+    try:  # before any download
+        head = convert.head_keys(args.model)
+    except TypeError:  # no `num_classes` field: CLIP and the text tower have no classifier
+        parser.error(f"--model={args.model} is not an image classifier")
     if entry is not None:
         state_dict = weights.load_state_dict(entry)
     else:
         state_dict = convert.load_state_dict(args.weights)
-    try:
-        head = convert.head_keys(args.model)
-    except TypeError:  # no `num_classes` field: CLIP and the text tower have no classifier
-        parser.error(f"--model={args.model} is not an image classifier")
     # The class count is whatever the checkpoint's classifier says.
     weight = next(key for key in sorted(head) if key.endswith("weight"))
     if weight not in state_dict:

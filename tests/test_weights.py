@@ -410,3 +410,14 @@ def test_registry_covers_the_published_families():
         assert f"{model}@torchvision:IMAGENET1K_V1" in specs
     assert UNHASHED <= specs
     assert len({e.filename for e in weights._BUILTIN}) == len(weights._BUILTIN)
+
+
+def test_classify_refuses_a_model_without_classifier_before_downloading(registry, monkeypatch):
+    from jaxmm import classify
+
+    # Offline: a download attempt would raise FileNotFoundError rather than the usage error.
+    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    with pytest.raises(SystemExit):
+        classify.main(["--weights=clip_vit_b32@openai", "photo.jpg"])
+    with pytest.raises(SystemExit):
+        classify.main(["--weights=openai", "photo.jpg"])  # no --model, no MODEL@
