@@ -421,3 +421,23 @@ def test_classify_refuses_a_model_without_classifier_before_downloading(registry
         classify.main(["--weights=clip_vit_b32@openai", "photo.jpg"])
     with pytest.raises(SystemExit):
         classify.main(["--weights=openai", "photo.jpg"])  # no --model, no MODEL@
+
+
+def test_a_whole_part_file_left_by_a_stopped_process_is_kept(server, registry, tmp_path):
+    # The process stopped after the last byte, before the rename: the server answers the
+    # resume request with 416 (nothing left) and the part is verified and used as it is.
+    path = tmp_path / FILENAME
+    (tmp_path / (FILENAME + ".part")).write_bytes(server.files[FILENAME])
+    weights.download(f"{server.url}/{FILENAME}", path, registry.sha256, progress=False)
+    assert server.requests == [(FILENAME, f"bytes={registry.size}-")]
+    assert weights.sha256_of(path) == registry.sha256
+
+
+def test_a_bad_registry_file_is_named(registry, monkeypatch, tmp_path):
+    zoo = tmp_path / "zoo.json"
+    zoo.write_text(json.dumps([{"model": MODEL, "tag": "x", "url": "https://a/b.pth"}]))
+    monkeypatch.setenv(weights.REGISTRY_ENV, str(zoo))
+    with pytest.raises(
+        ValueError, match=rf"JAXMM_WEIGHTS_REGISTRY={re.escape(str(zoo))}: .*sha256"
+    ):
+        weights.list_pretrained()
