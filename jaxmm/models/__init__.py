@@ -91,7 +91,7 @@ def _create_tower(clip_name: str, role: str, name: str, overrides: Mapping[str, 
 
 
 def create_model(
-    name: str, pretrained: str | None = None, **overrides: Any
+    name: str, *, pretrained: str | None = None, **overrides: Any
 ) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
     """Builds the registered model `name`, replacing fields with `overrides`.
 
