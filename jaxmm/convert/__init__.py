@@ -26,6 +26,7 @@ from flax import traverse_util
 
 from jaxmm.convert import open_clip, open_clip_resnet, timm, torchvision
 from jaxmm.models import create_model
+from jaxmm.models import scan as scan_layout
 from jaxmm.models.alexnet import ALEXNET_VARIANTS
 from jaxmm.models.mobilenet import (
     MOBILENET_V1_VARIANTS,
@@ -150,6 +151,13 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_overrides: Any)
         ValueError: keys are missing, unexpected or mis-shaped (all listed at once).
         KeyError: `name` has no converter.
     """
+    if scan_layout.without_scan(model_overrides) != model_overrides:
+        # PyTorch speaks the per-layer layout: convert to it, then stack the scanned stacks.
+        layers = from_torch(name, state_dict, **scan_layout.without_scan(model_overrides))
+        model = create_model(name, **model_overrides)
+        given = {key: np.shape(value) for key, value in state_dict.items()}
+        shapes = _flax_shapes(model, _converter(name).example_input(model, given))
+        return scan_layout.match_layout(layers, traverse_util.unflatten_dict(shapes))
     converter = _converter(name)
     model = create_model(name, **model_overrides)
     arrays = {
@@ -202,6 +210,9 @@ def to_torch(name: str, variables: Mapping[str, Any], **model_overrides: Any) ->
     Raises:
         ValueError: parameters are missing, unexpected or mis-shaped (all listed at once).
     """
+    if scan_layout.without_scan(model_overrides) != model_overrides:
+        layers = {c: scan_layout.unstack_layers(v) for c, v in nn.unbox(variables).items()}
+        return to_torch(name, layers, **scan_layout.without_scan(model_overrides))
     converter = _converter(name)
     model = create_model(name, **model_overrides)
     variables = nn.unbox(variables)

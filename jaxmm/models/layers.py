@@ -99,15 +99,117 @@ class DenseNd(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+def _pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
+    """Pads `axis` of `x` at its end up to `size` (an axis of size 1 broadcasts and stays)."""
+    if x.shape[axis] in (1, size):
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _flatten_batch(x: jax.Array | None, batch_shape: tuple[int, ...]) -> jax.Array | None:
+    """`[..., H, T, S]` broadcastable to `batch_shape + [H, T, S]` -> `[B', H, T, S]` with B'
+    1 when `x` does not vary over the batch (so a shared bias is never copied per example)."""
+    if x is None:
+        return None
+    x = x.reshape((1,) * (len(batch_shape) + 3 - x.ndim) + x.shape)
+    if all(size == 1 for size in x.shape[: len(batch_shape)]):
+        return x.reshape((1, *x.shape[-3:]))
+    x = jnp.broadcast_to(x, (*batch_shape, *x.shape[-3:]))
+    return x.reshape((-1, *x.shape[-3:]))
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    implementation: str | None = None,
+    pad_multiple: int = 0,
+) -> jax.Array:
+    """The one attention of every jaxmm model: `softmax(scale * q k^T + bias) v` per head.
+
+    Built on `jax.nn.dot_product_attention`, which keeps the logits and the softmax in
+    float32 whatever the input dtype (bf16 loses the small probabilities that carry the
+    gradient) and, with `implementation='cudnn'`, runs cuDNN's fused flash attention.
+
+    Args:
+        query: `[..., T, H, Dh]`; any number of leading batch axes (Swin's windows add one).
+        key: `[..., S, H, Dh]`.
+        value: `[..., S, H, Dh]`.
+        bias: additive, broadcastable to `[..., H, T, S]` (Swin's relative positions and
+            shifted-window mask).
+        mask: boolean, broadcastable to `[..., H, T, S]`; False drops the key for that query.
+        is_causal: query t attends to keys `<= t` (the text tower); fused kernels skip the
+            masked half instead of computing it.
+        scale: multiplies the logits; default `Dh ** -0.5`.
+        implementation: None or 'xla' (portable einsum-softmax-einsum), 'cudnn' (GPU only).
+        pad_multiple: pads T and S up to a multiple of this and masks the padding by sequence
+            lengths, for fused kernels that want aligned lengths (ViT's 197 tokens -> 256).
+
+    Returns:
+        `[..., T, H, Dh]` in the dtype of `query`.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+            f"got {implementation!r}"
+        )
+    batch_shape = query.shape[:-3]
+    length, key_length = query.shape[-3], key.shape[-3]
+    flat = lambda t: t.reshape((-1, *t.shape[-3:]))  # [B', L, H, Dh]
+    query, key, value = flat(query), flat(key), flat(value)
+    bias, mask = _flatten_batch(bias, batch_shape), _flatten_batch(mask, batch_shape)
+    lengths = {}
+    if pad_multiple > 1 and (length % pad_multiple or key_length % pad_multiple):
+        padded_q = -(-length // pad_multiple) * pad_multiple
+        padded_k = -(-key_length // pad_multiple) * pad_multiple
+        query = _pad_axis(query, 1, padded_q)
+        key, value = _pad_axis(key, 1, padded_k), _pad_axis(value, 1, padded_k)
+        if bias is not None:
+            bias = _pad_axis(_pad_axis(bias, 2, padded_q), 3, padded_k)
+        if mask is not None:
+            mask = _pad_axis(_pad_axis(mask, 2, padded_q), 3, padded_k, value=False)
+        batch = query.shape[0]
+        lengths = dict(
+            query_seq_lengths=jnp.full((batch,), length, jnp.int32),
+            key_value_seq_lengths=jnp.full((batch,), key_length, jnp.int32),
+        )
+    out = jax.nn.dot_product_attention(
+        query,
+        key,
+        value,
+        bias=None if bias is None else bias.astype(query.dtype),
+        mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        implementation=implementation,
+        **lengths,
+    )
+    return out[:, :length].reshape((*batch_shape, length, *out.shape[-2:]))
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention over `[B, L, D]` with an optional boolean mask `[.., L, L]`."""
+    """Multi-head self-attention over `[B, L, D]` (see `dot_product_attention` for the masks)."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    implementation: str | None = None
+    pad_multiple: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None, is_causal: bool = False
+    ) -> jax.Array:
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
@@ -120,12 +222,15 @@ class MultiHeadAttention(nn.Module):
             name="qkv",
         )(x)  # [B, L, 3, H, Dh]
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, Dh] each
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        # Softmax in float32: bf16 loses the small probabilities that carry the gradient.
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [B, L, H, Dh]
+        attended = dot_product_attention(
+            query,
+            key,
+            value,
+            mask=mask,
+            is_causal=is_causal,
+            implementation=self.implementation,
+            pad_multiple=self.pad_multiple,
+        )  # [B, L, H, Dh]
         return DenseNd(
             features=(width,),
             kernel_axes=("heads", "kv", "embed"),
@@ -172,50 +277,121 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN residual block: `x + attn(ln(x))`, then `x + mlp(ln(x))`."""
+    """Pre-LN residual block: `x + attn(ln(x))`, then `x + mlp(ln(x))`.
+
+    With `scanned=True` it returns `(x, None)`, the `(carry, output)` pair `nn.scan` expects.
+    """
 
     num_heads: int
     mlp_dim: int
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
+    is_causal: bool = False
+    attention_impl: str | None = None
+    attention_pad_multiple: int = 0
+    scanned: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None):
         ln = lambda name: layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
-        x = x + MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="attn")(
-            ln("ln_1")(x), mask
+        attention = MultiHeadAttention(
+            self.num_heads,
+            self.dtype,
+            self.param_dtype,
+            self.attention_impl,
+            self.attention_pad_multiple,
+            name="attn",
         )
+        x = x + attention(ln("ln_1")(x), mask, self.is_causal)
         x = x + MlpBlock(self.mlp_dim, self.activation, self.dtype, self.param_dtype, name="mlp")(
             ln("ln_2")(x)
         )
-        return nn.with_logical_constraint(x, ("batch", "act_length", "act_embed"))
+        x = nn.with_logical_constraint(x, ("batch", "act_length", "act_embed"))
+        return (x, None) if self.scanned else x
+
+
+# What a rematerialised block keeps from its forward pass for the backward one (the rest is
+# recomputed): "full" keeps only its inputs; the dots policies keep matmul outputs, which
+# are the expensive part to recompute; "offload_dots" parks those in host memory.
+REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "offload_dots": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+}
+
+
+def rematerialised(block: type[nn.Module], remat: str, scanned: bool) -> type[nn.Module]:
+    """`block` itself for `remat='none'`, else wrapped in `nn.remat` with that policy."""
+    if remat == "none":
+        return block
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be 'none' or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    # Inside a scan the loop already stops XLA merging recomputation into the forward pass;
+    # outside one, `prevent_cse` has to.
+    return nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=not scanned)
+
+
+def scanned_stack(block: type[nn.Module], depth: int, *, broadcast_args: int = 1):
+    """`nn.scan` of `depth` copies of `block` over the carry (the first call argument).
+
+    Each parameter gains a leading `[depth]` axis, named `layers` for the sharding rules; the
+    remaining `broadcast_args` call arguments (e.g. a mask) are the same for every layer.
+    Compiles one block instead of `depth`: `jaxmm.models.scan` converts the parameters to and
+    from the per-layer layout `block_0 .. block_{depth-1}`.
+    """
+    return nn.scan(
+        block,
+        variable_axes={"params": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * broadcast_args,
+        length=depth,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
 
 
 class Encoder(nn.Module):
-    """A stack of `depth` encoder blocks named `block_0` .. `block_{depth-1}`."""
+    """A stack of `depth` encoder blocks: `block_0` .. `block_{depth-1}`, or with
+    `scan_layers` one scanned `blocks` whose parameters are stacked along a `layers` axis.
+
+    `remat` ('none' or a `REMAT_POLICIES` key) trades recomputation for activation memory.
+    """
 
     depth: int
     num_heads: int
     mlp_dim: int
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
+    is_causal: bool = False
+    attention_impl: str | None = None
+    attention_pad_multiple: int = 0
+    scan_layers: bool = False
+    remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        block = rematerialised(EncoderBlock, self.remat, self.scan_layers)
+        fields = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            activation=self.activation,
+            layer_norm_eps=self.layer_norm_eps,
+            is_causal=self.is_causal,
+            attention_impl=self.attention_impl,
+            attention_pad_multiple=self.attention_pad_multiple,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        if self.scan_layers:
+            stack = scanned_stack(block, self.depth)
+            x, _ = stack(**fields, scanned=True, name="blocks")(x, mask)
+            return x
         for index in range(self.depth):
-            x = EncoderBlock(
-                self.num_heads,
-                self.mlp_dim,
-                self.activation,
-                self.layer_norm_eps,
-                self.dtype,
-                self.param_dtype,
-                name=f"block_{index}",
-            )(x, mask)
+            x = block(**fields, name=f"block_{index}")(x, mask)
         return x
 
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import linen as nn
 
-from jaxmm.models.layers import classifier_head
+from jaxmm.models.layers import classifier_head, dot_product_attention
 from jaxmm.models.resnet import ConvBnLayers
 
 Dtype = Any
@@ -99,16 +99,11 @@ class AttentionPool2d(nn.Module):
             self.param_dtype,
         )
         x = x + pos_embed.astype(self.dtype)
-        heads = lambda t: rearrange(t, "b l (h d) -> b h l d", h=self.num_heads)
-        query = heads(self._dense(width, ("embed", "heads"), "q_proj")(x[:, :1]))  # [B, H, 1, Dh]
-        key = heads(self._dense(width, ("embed", "heads"), "k_proj")(x))  # [B, H, HW + 1, Dh]
+        heads = lambda t: rearrange(t, "b l (h d) -> b l h d", h=self.num_heads)
+        query = heads(self._dense(width, ("embed", "heads"), "q_proj")(x[:, :1]))  # [B, 1, H, Dh]
+        key = heads(self._dense(width, ("embed", "heads"), "k_proj")(x))  # [B, HW + 1, H, Dh]
         value = heads(self._dense(width, ("embed", "heads"), "v_proj")(x))
-        logits = jnp.einsum("bhqd,bhkd->bhqk", query, key) / jnp.sqrt(query.shape[-1]).astype(
-            self.dtype
-        )
-        # Softmax in float32: bf16 loses the small probabilities that carry the gradient.
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
+        attended = dot_product_attention(query, key, value)  # [B, 1, H, Dh]
         attended = rearrange(attended, "b 1 h d -> b (h d)")  # [B, C]
         return self._dense(self.output_dim, ("heads", "embed"), "c_proj")(attended)
 

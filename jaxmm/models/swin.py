@@ -34,7 +34,13 @@ import numpy as np
 from einops import rearrange
 from flax import linen as nn
 
-from jaxmm.models.layers import DenseNd, MlpBlock, classifier_head, layer_norm
+from jaxmm.models.layers import (
+    DenseNd,
+    MlpBlock,
+    classifier_head,
+    dot_product_attention,
+    layer_norm,
+)
 
 Dtype = Any
 Pair = tuple[int, int]
@@ -92,6 +98,8 @@ class WindowAttention(nn.Module):
 
     num_heads: int
     window: Pair
+    attention_impl: str | None = None
+    attention_pad_multiple: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -109,8 +117,6 @@ class WindowAttention(nn.Module):
             name="qkv",
         )(x)  # [B', N, 3, H, Dh]
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B', N, H, Dh] each
-        # timm scales the query before the product (not the logits after it).
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query * head_dim**-0.5, key)  # [B', H, N, N]
 
         wh, ww = self.window
         table = self.param(
@@ -119,16 +125,22 @@ class WindowAttention(nn.Module):
             ((2 * wh - 1) * (2 * ww - 1), self.num_heads),
             self.param_dtype,
         )
-        bias = table[relative_position_index(self.window)]  # [N, N, H]
-        logits = logits + rearrange(bias, "q k h -> h q k").astype(self.dtype)
+        bias = rearrange(table[relative_position_index(self.window)], "q k h -> h q k")
         if mask is not None:
-            # Windows run image-major, so window w of every image sits at index b * nW + w.
-            logits = rearrange(logits, "(b w) h q k -> b w h q k", w=mask.shape[0])
-            logits = logits + jnp.asarray(mask, self.dtype)[:, None]
-            logits = rearrange(logits, "b w h q k -> (b w) h q k")
-        # Softmax in float32: bf16 loses the small probabilities that carry the gradient.
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [B', N, H, Dh]
+            # Windows run image-major, so window w of every image sits at index b * nW + w:
+            # split that axis so the [nW, N, N] mask broadcasts over the images.
+            split = lambda t: rearrange(t, "(b w) n h d -> b w n h d", w=mask.shape[0])
+            query, key, value = split(query), split(key), split(value)
+            bias = bias + jnp.asarray(mask)[:, None]  # [nW, H, N, N]
+        attended = dot_product_attention(
+            query,
+            key,
+            value,
+            bias=bias,
+            implementation=self.attention_impl,
+            pad_multiple=self.attention_pad_multiple,
+        )
+        attended = attended.reshape(qkv.shape[:2] + attended.shape[-2:])  # [B', N, H, Dh]
         return DenseNd(
             features=(width,),
             kernel_axes=("heads", "kv", "embed"),
@@ -147,6 +159,8 @@ class SwinBlock(nn.Module):
     shifted: bool
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
+    attention_impl: str | None = None
+    attention_pad_multiple: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -169,9 +183,15 @@ class SwinBlock(nn.Module):
         y = jnp.pad(y, ((0, 0), (0, padded[0] - height), (0, padded[1] - width), (0, 0)))
         y = rearrange(y, "b (h p) (w q) c -> (b h w) (p q) c", p=window[0], q=window[1])
         mask = shifted_window_mask(padded, window, shift) if any(shift) else None
-        y = WindowAttention(self.num_heads, window, self.dtype, self.param_dtype, name="attn")(
-            y, mask
-        )  # [B * nW, N, C]
+        y = WindowAttention(
+            self.num_heads,
+            window,
+            self.attention_impl,
+            self.attention_pad_multiple,
+            self.dtype,
+            self.param_dtype,
+            name="attn",
+        )(y, mask)  # [B * nW, N, C]
         y = rearrange(
             y, "(b h w) (p q) c -> b (h p) (w q) c", b=batch, h=padded[0] // window[0], p=window[0]
         )
@@ -236,6 +256,8 @@ class SwinTransformer(nn.Module):
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
     num_classes: int = 1000
+    attention_impl: str | None = None
+    attention_pad_multiple: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -277,6 +299,8 @@ class SwinTransformer(nn.Module):
                     shifted=j % 2 == 1,
                     mlp_ratio=self.mlp_ratio,
                     drop_path=next(rates),
+                    attention_impl=self.attention_impl,
+                    attention_pad_multiple=self.attention_pad_multiple,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"layers_{i}_blocks_{j}",

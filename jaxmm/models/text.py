@@ -31,6 +31,11 @@ class TextTransformer(nn.Module):
     mlp_dim: int = 2048
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    # Speed and memory knobs; none changes the numbers (see `jaxmm.models.layers.Encoder`).
+    attention_impl: str | None = None
+    attention_pad_multiple: int = 0
+    scan_layers: bool = False
+    remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -56,17 +61,21 @@ class TextTransformer(nn.Module):
         )
         x = jnp.take(token_embed, tokens, axis=0) + pos_embed[:length]  # [B, L, D]
         x = nn.with_logical_constraint(x.astype(self.dtype), ("batch", "act_length", "act_embed"))
-        causal = nn.make_causal_mask(tokens, dtype=jnp.bool_)  # [B, 1, L, L]
         x = Encoder(
             self.depth,
             self.num_heads,
             self.mlp_dim,
             self.activation,
             self.layer_norm_eps,
-            self.dtype,
-            self.param_dtype,
+            is_causal=True,
+            attention_impl=self.attention_impl,
+            attention_pad_multiple=self.attention_pad_multiple,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="encoder",
-        )(x, causal)
+        )(x)
         x = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_final")(x)
         eot_position = jnp.argmax(tokens, axis=-1)  # [B]
         return x[jnp.arange(x.shape[0]), eot_position]  # [B, D]

@@ -44,6 +44,11 @@ class VisionTransformer(nn.Module):
     pre_norm: bool = False
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
+    # Speed and memory knobs; none changes the numbers (see `jaxmm.models.layers.Encoder`).
+    attention_impl: str | None = None
+    attention_pad_multiple: int = 0
+    scan_layers: bool = False
+    remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -124,8 +129,12 @@ class VisionTransformer(nn.Module):
             self.mlp_dim,
             self.activation,
             self.layer_norm_eps,
-            self.dtype,
-            self.param_dtype,
+            attention_impl=self.attention_impl,
+            attention_pad_multiple=self.attention_pad_multiple,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="encoder",
         )(x)
 
