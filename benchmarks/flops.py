@@ -13,7 +13,7 @@ compute the same layers):
   4d wide) plus the patch embedding and the head. `tests/test_flops.py` checks that the
   traced count equals it, that a hand-counted ResNet matches, and that XLA's own
   `cost_analysis` on CPU agrees. (XLA's count is not used for the benchmark: on GPU it
-  misses GEMMs handed to cuBLAS/cuDNN, DESIGN.md section 5.)
+  misses GEMMs handed to cuBLAS/cuDNN.)
 
 MFU = achieved FLOP/s / the card's dense bf16 peak (`PEAK_BF16_TFLOPS`).
 """

@@ -1,6 +1,6 @@
 """Benchmark of the jitted training step (forward, backward, AdamW) beside its PyTorch peers.
 
-On a GPU host (DESIGN.md section 5's workloads; needs only jax, flax, optax, orbax, chex,
+On a GPU host (the peers' measured workloads; needs only jax, flax, optax, orbax, chex,
 einops, and torch, torchvision, timm, transformers for the peers):
 
     python benchmarks/train_step.py --out=benchmarks/results/train_step_h100.json
@@ -55,7 +55,7 @@ from jaxmm.models import create_model, list_models  # noqa: E402
 from jaxmm.models.clip import CLIP, CLIP_VARIANTS  # noqa: E402
 from jaxmm.train import objectives, optimizer, state, steps  # noqa: E402
 
-# DESIGN.md section 5: the peers' measured workloads, plus MobileNetV2 and Swin-T.
+# The workloads the PyTorch peers were measured on, plus MobileNetV2 and Swin-T.
 GPU_WORKLOADS = (
     "resnet50:256,vit_b16:256,clip_vit_b32:512,clip_vit_b16:256,mobilenet_v2:256,swin_t:256"
 )

@@ -106,7 +106,7 @@ def make_mesh(
     """Builds a (`data`, `fsdp`, `model`) mesh over `devices` (default: all devices).
 
     `jax.sharding.Mesh` is used rather than `jax.make_mesh`, whose default explicit
-    axis types break optax losses on sharded logits (DESIGN.md section 6).
+    axis types break optax losses on sharded logits.
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape_from_config(shape or {"data": -1}, len(devices))

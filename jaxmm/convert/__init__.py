@@ -39,7 +39,7 @@ from jaxmm.models.swin import SWIN_VARIANTS
 from jaxmm.models.vgg import VGG_VARIANTS
 from jaxmm.models.vit import VIT_VARIANTS
 
-# Registry name -> the module holding its PyTorch layout (DESIGN.md section 2 names the sources).
+# Registry name -> the module holding its PyTorch layout (the canonical source of each family).
 _CONVERTERS: dict[str, ModuleType] = {
     **{name: timm for name in VIT_VARIANTS},
     **{name: torchvision for name in RESNET_VARIANTS},

@@ -88,7 +88,7 @@ class CLIP(nn.Module):
         )
 
 
-# OpenAI's ViT image towers differ from timm's in these fields (DESIGN.md section 4).
+# OpenAI's ViT image towers differ from timm's in these fields.
 CLIP_VIT_STYLE: dict[str, Any] = dict(
     patch_bias=False, pre_norm=True, activation="quick_gelu", layer_norm_eps=1e-5
 )
