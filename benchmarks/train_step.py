@@ -111,12 +111,32 @@ class _Fields(dict):
     __getattr__ = dict.__getitem__
 
 
-def build_model(workload: Workload, dtype: str) -> nn.Module:
+# Fields of the transformer models (ViT, text, Swin) that change speed or memory, never the
+# numbers: set with --attention, --attention_pad, --scan, --remat where a model has them.
+SPEED_FIELDS = ("attention_impl", "attention_pad_multiple", "scan_layers", "remat")
+
+
+def speed_overrides(module: type[nn.Module], knobs: dict) -> dict:
+    """The subset of `knobs` that `module` has as fields."""
+    fields = getattr(module, "__dataclass_fields__", {})
+    return {key: value for key, value in knobs.items() if key in fields}
+
+
+def build_model(workload: Workload, dtype: str, knobs: dict | None = None) -> nn.Module:
     """The registry model in `dtype` compute over float32 parameters; classifiers get 1000
-    classes."""
+    classes. `knobs` (SPEED_FIELDS values) go to every tower that has them."""
+    knobs = knobs or {}
     overrides = dict(dtype=jnp.dtype(dtype), param_dtype=jnp.float32)
     if workload.model not in CLIP_VARIANTS:
         overrides["num_classes"] = NUM_CLASSES
+        plain = create_model(workload.model, **overrides)
+        return create_model(workload.model, **overrides, **speed_overrides(type(plain), knobs))
+    plain = create_model(workload.model, **overrides)
+    variant = CLIP_VARIANTS[workload.model]
+    for role, tower in (("image", plain.image_tower), ("text", plain.text_tower)):
+        tower_knobs = speed_overrides(type(tower), knobs)
+        if tower_knobs:
+            overrides[role] = {**variant.get(role, {}), **tower_knobs}
     return create_model(workload.model, **overrides)
 
 
@@ -177,9 +197,11 @@ def train_flops_per_image(model: nn.Module, objective, batch: dict[str, np.ndarr
     return flops.TRAIN_FLOPS_PER_FORWARD_FLOP * forward / len(batch["image"])
 
 
-def run_jaxmm(workload: Workload, dtype: str, warmup: int, num_steps: int) -> dict:
+def run_jaxmm(
+    workload: Workload, dtype: str, warmup: int, num_steps: int, knobs: dict | None = None
+) -> dict:
     """Times jaxmm's train step on one device; returns the measurements and FLOPs."""
-    model = build_model(workload, dtype)
+    model = build_model(workload, dtype, knobs)
     batch = synthetic_batch(model, workload)
     objective = objectives.Contrastive("infonce") if isinstance(model, CLIP) else None
     objective = objective or objectives.Classification()
@@ -238,15 +260,35 @@ def run_torch(workload: Workload, framework: str, dtype: str, warmup: int, num_s
 
 
 def jax_versions() -> dict[str, str]:
+    from importlib import metadata
+
     import flax
     import optax
 
     return {
         "jax": jax.__version__,
-        "jaxlib": jax.lib.__version__,
+        "jaxlib": metadata.version("jaxlib"),
         "flax": flax.__version__,
         "optax": optax.__version__,
     }
+
+
+def knob_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The speed options given on the command line, as flags for a worker."""
+    flags = {"attention": args.attention, "attention_pad": args.attention_pad}
+    flags |= {"scan": args.scan, "remat": args.remat}
+    return {flag: value for flag, value in flags.items() if value is not None}
+
+
+def knobs(args: argparse.Namespace) -> dict:
+    """The speed options as model fields (SPEED_FIELDS)."""
+    fields = {
+        "attention_impl": args.attention,
+        "attention_pad_multiple": args.attention_pad,
+        "scan_layers": None if args.scan is None else args.scan == "true",
+        "remat": args.remat,
+    }
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -254,7 +296,7 @@ def worker(args: argparse.Namespace) -> None:
     workload = Workload.parse(args.models, args.batch, args.image_size)
     try:
         if args.worker == "jaxmm":
-            result = run_jaxmm(workload, args.dtype, args.warmup, args.steps)
+            result = run_jaxmm(workload, args.dtype, args.warmup, args.steps, knobs(args))
         else:
             result = run_torch(workload, args.worker, args.dtype, args.warmup, args.steps)
     except Exception as error:  # an OOM or a missing peer is a row, not the end of the run
@@ -272,6 +314,7 @@ def spawn(workload: Workload, framework: str, args: argparse.Namespace) -> dict:
         f"--dtype={args.dtype}",
         f"--warmup={args.warmup}",
         f"--steps={args.steps}",
+        *(f"--{flag}={value}" for flag, value in knob_flags(args).items()),
     ]
     env = dict(os.environ)
     if framework != "jaxmm":  # keep jax off the GPU the peer is timed on
@@ -314,12 +357,15 @@ COLUMNS: tuple[tuple[str, int, Callable[[dict], str]], ...] = (
 
 def format_table(rows: list[dict]) -> str:
     """One line per (workload, framework); `jaxmm/this` is jaxmm's img/s over the row's."""
-    header = f"{'model':18s} {'batch':>5s} {'px':>4s} {'framework':14s} "
+    header = f"{'model':18s} {'batch':>5s} {'px':>4s} {'framework':26s} "
     header += " ".join(f"{name:>{width}s}" for name, width, _ in COLUMNS) + " jaxmm/this"
     lines = [header, "-" * len(header)]
-    jaxmm_speed = {r["model"]: r.get("images_per_s") for r in rows if r["framework"] == "jaxmm"}
+    jaxmm_speed = {}
+    for r in rows:  # the first measured jaxmm row of each model, whatever its speed options
+        if r["framework"].startswith("jaxmm") and "images_per_s" in r:
+            jaxmm_speed.setdefault(r["model"], r.get("images_per_s"))
     for r in rows:
-        line = f"{r['model']:18s} {r['batch']:5d} {r['image_size']:4d} {r['framework']:14s} "
+        line = f"{r['model']:18s} {r['batch']:5d} {r['image_size']:4d} {r['framework']:26s} "
         if "error" in r:
             lines.append(line + f"failed: {r['error']}")
             continue
@@ -336,11 +382,16 @@ def main(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"--models: unknown model(s) {unknown}; registered: {list_models()}")
     peers = args.peers or ("eager" if args.cpu else "all")
-    frameworks = ("jaxmm", *PEER_CHOICES[peers])
+    frameworks = (*(() if args.only_peers else ("jaxmm",)), *PEER_CHOICES[peers])
     if peers != "none" and importlib.util.find_spec("torch") is None:
         print("torch is not installed: timing jaxmm only")
         frameworks = ("jaxmm",)
 
+    out = pathlib.Path(
+        args.out or f"benchmarks/results/train_step_{'cpu' if args.cpu else 'gpu'}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    label = args.label or " ".join(["jaxmm", *(f"{k}={v}" for k, v in knob_flags(args).items())])
     rows, devices, versions = [], {}, {}
     for workload in workloads:
         flops_per_image = None
@@ -351,9 +402,17 @@ def main(args: argparse.Namespace) -> None:
             devices[framework] = result.pop("device", devices.get(framework))
             versions |= result.pop("versions", {})
             peak = flops.peak_bf16_tflops(devices[framework] or "")
-            rows.append(summarise(workload, framework, result, flops_per_image, peak))
-    table = format_table(rows)
-    print("\n" + table)
+            name = label if framework == "jaxmm" else framework
+            rows.append(summarise(workload, name, result, flops_per_image, peak))
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+            # Written after every row: a run cut short by a time limit keeps what it measured.
+            write_report(out, args, rows, devices, versions)
+    print("\n" + format_table(rows))
+    print(f"\nwrote {out}")
+
+
+def write_report(out: pathlib.Path, args, rows: list[dict], devices: dict, versions: dict):
+    """The JSON report: the rows so far, the machine, versions and protocol."""
 
     report = {
         "benchmark": "benchmarks/train_step.py",
@@ -366,14 +425,11 @@ def main(args: argparse.Namespace) -> None:
         "warmup": args.warmup,
         "flops": "2 x MACs of every matmul and conv in model + loss, traced; train = 3 x forward",
         "mfu_peak_tflops": {name: peak for name, peak in flops.PEAK_BF16_TFLOPS},
+        "speed_options": knob_flags(args),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "rows": rows,
     }
-    out = pathlib.Path(
-        args.out or f"benchmarks/results/train_step_{'cpu' if args.cpu else 'gpu'}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -389,6 +445,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peers", choices=tuple(PEER_CHOICES), help="default all, eager --cpu")
     parser.add_argument("--cpu", action="store_true", help="CI-sized models for 2-core CPUs")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/train_step_*.json)")
+    parser.add_argument("--attention", choices=("xla", "cudnn"), help="attention implementation")
+    parser.add_argument("--attention_pad", type=int, help="pad attention lengths to a multiple")
+    parser.add_argument("--scan", choices=("true", "false"), help="scan transformer layers")
+    parser.add_argument("--remat", help="rematerialisation policy (jaxmm.models.layers)")
+    parser.add_argument("--only_peers", action="store_true", help="time the peers alone")
+    parser.add_argument("--label", help="name of the jaxmm rows (default: jaxmm + options)")
     parser.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 2 or args.warmup < 1:
