@@ -29,6 +29,7 @@ the state donated, bf16 compute over float32 parameters with `--dtype=bfloat16`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib.util
@@ -197,26 +198,43 @@ def train_flops_per_image(model: nn.Module, objective, batch: dict[str, np.ndarr
     return flops.TRAIN_FLOPS_PER_FORWARD_FLOP * forward / len(batch["image"])
 
 
-def run_jaxmm(
-    workload: Workload, dtype: str, warmup: int, num_steps: int, knobs: dict | None = None
-) -> dict:
-    """Times jaxmm's train step on one device; returns the measurements and FLOPs."""
+@dataclasses.dataclass
+class JaxmmStep:
+    """jaxmm's jitted train step for a workload, with its state and batch on one device."""
+
+    model: nn.Module
+    objective: object
+    batch: dict[str, np.ndarray]
+    train_step: Callable
+    train_state: object
+    on_device: dict
+    mesh: jax.sharding.Mesh
+    device: jax.Device
+
+    @contextlib.contextmanager
+    def context(self):
+        """The mesh and logical rules the step is traced under."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+            yield
+
+
+def make_jaxmm_step(
+    workload: Workload, dtype: str, total_steps: int, knobs: dict | None = None
+) -> JaxmmStep:
+    """Builds the model, state and jitted step as `jaxmm.train.loop` does (state shardings in
+    and out, the old state donated), on the first device."""
     model = build_model(workload, dtype, knobs)
     batch = synthetic_batch(model, workload)
     objective = objectives.Contrastive("infonce") if isinstance(model, CLIP) else None
     objective = objective or objectives.Classification()
-    result = {"train_flops_per_image": train_flops_per_image(model, objective, batch)}
-
     device = jax.devices()[0]
     mesh = sharding.make_mesh(devices=[device])
-    total_steps = warmup + num_steps
     tx = optimizer.make_optimizer(_Fields(OPTIM), total_steps)
     schedule = optimizer.learning_rate_schedule(_Fields(OPTIM), total_steps)
     init_inputs = objective.inputs({k: v[:2] for k, v in batch.items()})
     train_state, state_shardings = state.create_train_state(
         lambda rng: model.init(rng, *init_inputs), tx, mesh, seed=0
     )
-    # Jitted as jaxmm.train.loop jits it: state shardings in and out, the old state donated.
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(
         steps.make_train_step(model, tx, objective, schedule),
@@ -225,17 +243,28 @@ def run_jaxmm(
         donate_argnums=0,
     )
     on_device = jax.device_put(batch, batch_sharding)
+    return JaxmmStep(model, objective, batch, train_step, train_state, on_device, mesh, device)
+
+
+def run_jaxmm(
+    workload: Workload, dtype: str, warmup: int, num_steps: int, knobs: dict | None = None
+) -> dict:
+    """Times jaxmm's train step on one device; returns the measurements and FLOPs."""
+    setup = make_jaxmm_step(workload, dtype, warmup + num_steps, knobs)
+    flops_per_image = train_flops_per_image(setup.model, setup.objective, setup.batch)
+    result = {"train_flops_per_image": flops_per_image}
+    train_state = setup.train_state
 
     def step() -> None:
         nonlocal train_state
-        train_state, metrics = train_step(train_state, on_device)
+        train_state, metrics = setup.train_step(train_state, setup.on_device)
         jax.block_until_ready((train_state, metrics))
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    with setup.context():
         result.update(time_steps(step, warmup, num_steps))
-    stats = device.memory_stats() or {}
+    stats = setup.device.memory_stats() or {}
     result["peak_memory_bytes"] = stats.get("peak_bytes_in_use")
-    result["device"] = device.device_kind
+    result["device"] = setup.device.device_kind
     result["versions"] = jax_versions()
     return result
 

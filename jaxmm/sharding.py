@@ -31,6 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "model"),
     ("heads", "model"),
     ("kv", None),
+    ("layers", None),  # the stacked axis of scanned layers (jaxmm.models.layers.Encoder)
     ("qkv", None),
     ("vocab", None),
     ("length", None),

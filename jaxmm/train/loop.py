@@ -137,6 +137,42 @@ def run(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
         return _train(config, workdir, mesh, rules)
 
 
+def steps_in_flight() -> int:
+    """Train steps dispatched before the loop waits for the oldest one.
+
+    On accelerators one step stays queued behind the one whose metrics the host reads, logs
+    and checks, so the device never idles on the host. On CPU the host is the device: waiting
+    for every step costs nothing and keeps the progress bar's rate true.
+    """
+    return 0 if jax.default_backend() == "cpu" else 1
+
+
+class _StepLog:
+    """Progress bar, throughput and `train/...` lines of metrics.jsonl for finished steps."""
+
+    def __init__(self, config: ConfigDict, writer: MetricWriter, progress, start_step: int):
+        self.config, self.writer, self.progress = config, writer, progress
+        self.last_time, self.last_step = time.perf_counter(), start_step
+        self.skipped = 0  # steps whose update was withheld (non-finite) since the last line
+
+    def restart_clock(self) -> None:
+        self.last_time = time.perf_counter()
+
+    def step_done(self, step: int, metrics: dict[str, Any]) -> None:
+        self.progress.update()
+        if step % self.config.log_every and step != self.config.total_steps:
+            return
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        img_per_s = (step - self.last_step) * self.config.batch_size / (now - self.last_time)
+        self.last_time, self.last_step = now, step
+        line = {f"train/{k}": v for k, v in metrics.items()}
+        line["train/img_per_s"] = img_per_s
+        line["train/skipped_steps"], self.skipped = self.skipped, 0
+        self.writer.write(step, line)
+        self.progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{img_per_s:.0f}")
+
+
 def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) -> dict[str, Any]:
     """`run` once the config is checked and the workdir is this run's alone."""
     builder = distributed.first_process_then_others(
@@ -205,8 +241,20 @@ def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) ->
         disable=jax.process_index() != 0 or not config.progress_bar,
         dynamic_ncols=True,
     )
-    last_time, last_step = time.perf_counter(), start_step
-    skipped = 0  # steps whose update was withheld (non-finite) since the last log line
+    log = _StepLog(config, writer, progress, start_step)
+    in_flight = steps_in_flight()
+    pending: list[tuple[int, dict[str, Any]]] = []  # dispatched steps not yet waited for
+
+    def finish_pending(keep: int = 0) -> None:
+        """Waits for the oldest pending steps until `keep` remain: checks, counts and logs
+        each in step order."""
+        while len(pending) > keep:
+            done, metrics = pending.pop(0)
+            jax.block_until_ready(metrics["loss"])
+            finite_leaves = metrics.pop("finite_leaves")
+            log.skipped += check_finite(finite_leaves, state.params, done, config.nonfinite)
+            log.step_done(done, metrics)
+
     with (
         PreemptionWatch() as preemption,
         contextlib.closing(checkpointer),  # a started save completes even if training fails
@@ -216,32 +264,25 @@ def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) ->
         for step in range(start_step + 1, config.total_steps + 1):
             batch = _global_batch(next(train_iter), batch_sharding)
             state, metrics = train_step(state, batch)
-            # Wait for the step so that the progress bar shows real progress rather than
-            # asynchronous dispatch; grain keeps preparing the next batches meanwhile.
-            jax.block_until_ready(metrics["loss"])
-            finite_leaves = metrics.pop("finite_leaves")
-            skipped += check_finite(finite_leaves, state.params, step, config.nonfinite)
-            progress.update()
-            if step % config.log_every == 0 or step == config.total_steps:
-                metrics = jax.device_get(metrics)
-                now = time.perf_counter()
-                img_per_s = (step - last_step) * config.batch_size / (now - last_time)
-                last_time, last_step = now, step
-                train_metrics = {f"train/{k}": v for k, v in metrics.items()}
-                train_metrics["train/img_per_s"] = img_per_s
-                train_metrics["train/skipped_steps"], skipped = skipped, 0
-                writer.write(step, train_metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{img_per_s:.0f}")
+            pending.append((step, metrics))
+            finish_pending(keep=in_flight)
             stop = preemption.should_stop(step)
-            if stop or step % config.checkpoint_every == 0 or step == config.total_steps:
+            save = stop or step % config.checkpoint_every == 0 or step == config.total_steps
+            evaluate_now = (
+                config.eval.every and step % config.eval.every == 0 and step < config.total_steps
+            )
+            if save or evaluate_now:
+                finish_pending()  # metrics stay in step order; a save holds checked steps
+            if save:
                 checkpointer.save(step, state, train_iter.get_state())
             if stop:
                 checkpointer.close()  # the checkpoint is complete on disk before the exit
                 writer.close()
                 raise Preempted(step)
-            if config.eval.every and step % config.eval.every == 0 and step < config.total_steps:
+            if evaluate_now:
                 writer.write(step, evaluate(state.variables))
-                last_time = time.perf_counter()  # evaluation time is not training throughput
+                log.restart_clock()  # evaluation time is not training throughput
+        finish_pending()
         progress.close()
         checkpointer.close()
         eval_metrics = evaluate(state.variables)

@@ -29,6 +29,7 @@ from flax import traverse_util
 
 from jaxmm import convert, weights
 from jaxmm.models import create_model
+from jaxmm.models.scan import match_layout
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 Path = tuple[str, ...]
@@ -151,7 +152,9 @@ def load_variables(init_from: str, task: Any) -> dict[str, Any]:
     if path.suffix in TORCH_SUFFIXES:
         return _from_torch(convert.load_state_dict(path), task, path)
     if path.is_dir():
-        return _from_orbax(path)
+        # A run saved with the other `scan_layers` setting: stacked or per-layer as this one.
+        model_shapes = jax.eval_shape(task.model.init, jax.random.PRNGKey(0), *task.init_inputs())
+        return match_layout(_from_orbax(path), nn.unbox(model_shapes))
     raise ValueError(
         f"init_from: {path} is neither a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}) "
         "nor a jaxmm run folder"

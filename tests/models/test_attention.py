@@ -40,9 +40,12 @@ def qkv():
     return query, key, value, bias, mask
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("pad_multiple", [0, 4])
-def test_matches_reference(qkv, pad_multiple):
+def test_matches_reference(qkv, pad_multiple, masked):
+    """Padding (7 keys to 8) must hide the padded keys by itself, mask or not."""
     query, key, value, bias, mask = qkv
+    mask = mask if masked else None
     got = dot_product_attention(query, key, value, bias=bias, mask=mask, pad_multiple=pad_multiple)
     chex.assert_shape(got, (B, T, H, D))
     np.testing.assert_allclose(got, reference(query, key, value, bias, mask), atol=2e-6)

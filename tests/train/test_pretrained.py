@@ -121,3 +121,19 @@ def test_the_trainer_starts_from_a_torchvision_checkpoint(tmp_path, torchvision_
     config.init_from = str(tmp_path / "resnet81.pth")
     with pytest.raises(FileNotFoundError, match="resnet81.pth"):
         jaxmm.train.run(config, tmp_path / "typo")
+
+
+def test_a_run_with_per_layer_blocks_starts_a_scanned_model(tmp_path):
+    """`init_from` a run saved with per-layer blocks into `scan_layers=True`: stacked."""
+    plain = make_task("vit_test")
+    saved = init_variables(plain)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((tmp_path / "step" / "state").absolute(), {"params": saved["params"]})
+    checkpointer.wait_until_finished()
+
+    scanned = make_task("vit_test", scan_layers=True)
+    loaded = load_pretrained(str(tmp_path / "step"), scanned, init_variables(scanned))
+    stacked = loaded["params"]["encoder"]["blocks"]["attn"]["qkv"]["kernel"]
+    for layer in range(scanned.model.depth):
+        per_layer = saved["params"]["encoder"][f"block_{layer}"]["attn"]["qkv"]["kernel"]
+        np.testing.assert_array_equal(stacked[layer], per_layer)
