@@ -99,7 +99,26 @@ class DenseNd(nn.Module):
         return y + bias.astype(self.dtype)
 
 
-ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = (None, "auto", "xla", "cudnn")
+# What "auto" pads to when it picks cuDNN: its training kernels reject ViT's 197 tokens, and a
+# multiple of 8 ran as fast as 64 with less memory on an H200 (BENCHMARKS.md).
+_CUDNN_PAD_MULTIPLE = 8
+
+
+def _cudnn_suits(query: jax.Array, bias: jax.Array | None, mask: jax.Array | None) -> bool:
+    """Whether "auto" takes cuDNN's fused attention: on an NVIDIA GPU, in bf16/fp16, for the
+    shapes measured to run and pay there (no bias or boolean mask; head dim a multiple of 8
+    up to 128). Swin's biased windows and anything else stay on XLA."""
+    device = jax.devices()[0]
+    return (
+        device.platform == "gpu"
+        and "nvidia" in device.device_kind.lower()
+        and query.dtype in (jnp.bfloat16, jnp.float16)
+        and query.shape[-1] % 8 == 0
+        and query.shape[-1] <= 128
+        and bias is None
+        and mask is None
+    )
 
 
 def _pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -151,7 +170,9 @@ def dot_product_attention(
         is_causal: query t attends to keys `<= t` (the text tower); fused kernels skip the
             masked half instead of computing it.
         scale: multiplies the logits; default `Dh ** -0.5`.
-        implementation: None or 'xla' (portable einsum-softmax-einsum), 'cudnn' (GPU only).
+        implementation: None or 'xla' (portable einsum-softmax-einsum), 'cudnn' (GPU only),
+            or 'auto': cuDNN, padded to a multiple of 8, where it is known to run and pay
+            (`_cudnn_suits`), else XLA.
         pad_multiple: pads T and S up to a multiple of this and masks the padding by sequence
             lengths, for fused kernels that want aligned lengths (ViT's 197 tokens -> 256).
 
@@ -163,6 +184,10 @@ def dot_product_attention(
             f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
             f"got {implementation!r}"
         )
+    if implementation == "auto":
+        implementation = "cudnn" if _cudnn_suits(query, bias, mask) else "xla"
+        if implementation == "cudnn":
+            pad_multiple = pad_multiple or _CUDNN_PAD_MULTIPLE
     batch_shape = query.shape[:-3]
     length, key_length = query.shape[-3], key.shape[-3]
     flat = lambda t: t.reshape((-1, *t.shape[-3:]))  # [B', L, H, Dh]
@@ -203,7 +228,7 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    implementation: str | None = None
+    implementation: str | None = "auto"
     pad_multiple: int = 0
 
     @nn.compact
@@ -287,7 +312,7 @@ class EncoderBlock(nn.Module):
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
     is_causal: bool = False
-    attention_impl: str | None = None
+    attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
     scanned: bool = False
     dtype: Dtype = jnp.float32
@@ -365,7 +390,7 @@ class Encoder(nn.Module):
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
     is_causal: bool = False
-    attention_impl: str | None = None
+    attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
     scan_layers: bool = False
     remat: str = "none"

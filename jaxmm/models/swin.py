@@ -98,7 +98,7 @@ class WindowAttention(nn.Module):
 
     num_heads: int
     window: Pair
-    attention_impl: str | None = None
+    attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -159,7 +159,7 @@ class SwinBlock(nn.Module):
     shifted: bool
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
-    attention_impl: str | None = None
+    attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -256,7 +256,7 @@ class SwinTransformer(nn.Module):
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
     num_classes: int = 1000
-    attention_impl: str | None = None
+    attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32

@@ -32,7 +32,7 @@ class TextTransformer(nn.Module):
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     # Speed and memory knobs; none changes the numbers (see `jaxmm.models.layers.Encoder`).
-    attention_impl: str | None = None
+    attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
     scan_layers: bool = False
     remat: str = "none"

@@ -45,7 +45,7 @@ class VisionTransformer(nn.Module):
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
     # Speed and memory knobs; none changes the numbers (see `jaxmm.models.layers.Encoder`).
-    attention_impl: str | None = None
+    attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
     scan_layers: bool = False
     remat: str = "none"

@@ -98,3 +98,23 @@ def test_unknown_implementation_is_named(qkv):
     query, key, value, _, _ = qkv
     with pytest.raises(ValueError, match="'flash'"):
         dot_product_attention(query, key, value, implementation="flash")
+
+
+def test_auto_takes_cudnn_only_where_it_was_measured_to_run(qkv, monkeypatch):
+    """The choice of "auto", with the device faked: an NVIDIA GPU in bf16 without bias or mask
+    gets cuDNN; any other case (this CPU, float32, a bias, a mask) stays on XLA."""
+    from jaxmm.models import layers
+
+    query = qkv[0]
+    bf16 = query.astype(jnp.bfloat16)
+    assert not layers._cudnn_suits(bf16, None, None)  # this machine's CPU
+
+    class FakeGpu:
+        platform, device_kind = "gpu", "NVIDIA H200"
+
+    monkeypatch.setattr(jax, "devices", lambda *a: [FakeGpu()])
+    assert layers._cudnn_suits(bf16, None, None)
+    assert not layers._cudnn_suits(query, None, None)  # float32
+    assert not layers._cudnn_suits(bf16, qkv[3], None)  # Swin's bias
+    assert not layers._cudnn_suits(bf16, None, qkv[4])
+    assert not layers._cudnn_suits(bf16[..., :6], None, None)  # head dim 6
