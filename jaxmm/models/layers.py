@@ -174,7 +174,7 @@ def dot_product_attention(
             or 'auto': cuDNN, padded to a multiple of 8, where it is known to run and pay
             (`_cudnn_suits`), else XLA.
         pad_multiple: pads T and S up to a multiple of this and masks the padding by sequence
-            lengths, for fused kernels that want aligned lengths (ViT's 197 tokens -> 256).
+            lengths, for fused kernels that want aligned lengths (ViT's 197 tokens -> 200).
 
     Returns:
         `[..., T, H, Dh]` in the dtype of `query`.
