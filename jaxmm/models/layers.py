@@ -348,30 +348,38 @@ REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
 }
 
 
-def rematerialised(block: type[nn.Module], remat: str, scanned: bool) -> type[nn.Module]:
-    """`block` itself for `remat='none'`, else wrapped in `nn.remat` with that policy."""
+def rematerialised(
+    block: type[nn.Module], remat: str, scanned: bool, static_argnums: tuple[int, ...] = ()
+) -> type[nn.Module]:
+    """`block` itself for `remat='none'`, else wrapped in `nn.remat` with that policy
+    (`static_argnums` count `self` as 0: Python values such as a `train` flag)."""
     if remat == "none":
         return block
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat must be 'none' or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
     # Inside a scan the loop already stops XLA merging recomputation into the forward pass;
     # outside one, `prevent_cse` has to.
-    return nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=not scanned)
+    return nn.remat(
+        block,
+        policy=REMAT_POLICIES[remat],
+        prevent_cse=not scanned,
+        static_argnums=static_argnums,
+    )
 
 
-def scanned_stack(block: type[nn.Module], depth: int, *, broadcast_args: int = 1):
+def scanned_stack(block: type[nn.Module], depth: int, *, in_axes=(nn.broadcast,)):
     """`nn.scan` of `depth` copies of `block` over the carry (the first call argument).
 
     Each parameter gains a leading `[depth]` axis, named `layers` for the sharding rules; the
-    remaining `broadcast_args` call arguments (e.g. a mask) are the same for every layer.
-    Compiles one block instead of `depth`: `jaxmm.models.scan` converts the parameters to and
-    from the per-layer layout `block_0 .. block_{depth-1}`.
+    other call arguments are the same for every layer (`nn.broadcast`, e.g. a mask) or sliced
+    along their first axis (`0`, e.g. per-layer drop-path rates). Compiles one block instead
+    of `depth`: `jaxmm.models.scan` converts the parameters to and from the per-layer layout.
     """
     return nn.scan(
         block,
         variable_axes={"params": 0, "intermediates": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast,) * broadcast_args,
+        in_axes=in_axes,
         length=depth,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )

@@ -40,6 +40,8 @@ from jaxmm.models.layers import (
     classifier_head,
     dot_product_attention,
     layer_norm,
+    rematerialised,
+    scanned_stack,
 )
 
 Dtype = Any
@@ -151,8 +153,28 @@ class WindowAttention(nn.Module):
         )(attended)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: each sample's branch is zeroed with probability `rate` and the kept
+    ones scaled by `1 / (1 - rate)`.
+
+    The same draws as `nn.Dropout(rate, broadcast_dims=(1, 2, 3))` of the same name, but the
+    rate is a call argument, so a scanned stage can feed each block its own (traced) rate.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rate, *, train: bool) -> jax.Array:
+        if not train or (isinstance(rate, float | int) and rate == 0):
+            return x
+        keep = 1.0 - rate
+        draw = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0], 1, 1, 1))
+        return jax.lax.select(jnp.broadcast_to(draw, x.shape), x / keep, jnp.zeros_like(x))
+
+
 class SwinBlock(nn.Module):
-    """(Shifted-)window attention and MLP, each pre-LN and residual: `[B, H, W, C]` -> same."""
+    """(Shifted-)window attention and MLP, each pre-LN and residual: `[B, H, W, C]` -> same.
+
+    `drop_path` at call time (a scanned stage's per-block rate) replaces the field.
+    """
 
     num_heads: int
     window_size: int
@@ -164,14 +186,9 @@ class SwinBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def _drop_path(self, name: str, train: bool) -> nn.Dropout:
-        # Stochastic depth: one draw per sample, shared by all its positions and channels.
-        return nn.Dropout(
-            self.drop_path, broadcast_dims=(1, 2, 3), deterministic=not train, name=name
-        )
-
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, drop_path=None) -> jax.Array:
+        rate = self.drop_path if drop_path is None else drop_path
         batch, height, width, channels = x.shape
         window, shift = window_and_shift((height, width), self.window_size, self.shifted)
         ln = lambda name: layer_norm(1e-5, self.dtype, self.param_dtype, name)
@@ -196,14 +213,34 @@ class SwinBlock(nn.Module):
             y, "(b h w) (p q) c -> b (h p) (w q) c", b=batch, h=padded[0] // window[0], p=window[0]
         )
         y = jnp.roll(y[:, :height, :width], shift, axis=(1, 2))
-        x = x + self._drop_path("drop_path1", train)(y)
+        x = x + DropPath(name="drop_path1")(y, rate, train=train)
 
         tokens = rearrange(x, "b h w c -> b (h w) c")  # the MLP's constraints expect [B, L, C]
         y = MlpBlock(
             int(channels * self.mlp_ratio), "gelu", self.dtype, self.param_dtype, name="mlp"
         )(ln("norm2")(tokens))
         y = rearrange(y, "b (h w) c -> b h w c", h=height)
-        return x + self._drop_path("drop_path2", train)(y)
+        return x + DropPath(name="drop_path2")(y, rate, train=train)
+
+
+class SwinBlockPair(nn.Module):
+    """A window block and its shifted twin, the unit a scanned stage repeats:
+    `(x [B, H, W, C], rates [2]) -> (x, None)` (`nn.scan`'s carry and output)."""
+
+    block: dict  # SwinBlock fields but `shifted`
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rates: jax.Array):
+        for k, role in enumerate(PAIR_ROLES):
+            block = SwinBlock(**self.block, shifted=role == "shifted", name=role)
+            x = block(x, self.train, rates[k])
+        return x, None
+
+
+# Names of a scanned pair's blocks; `jaxmm.models.scan` stacks `layers_{i}_blocks_{2k}` under
+# the first and `layers_{i}_blocks_{2k+1}` under the second.
+PAIR_ROLES = ("unshifted", "shifted")
 
 
 class PatchMerging(nn.Module):
@@ -258,8 +295,23 @@ class SwinTransformer(nn.Module):
     num_classes: int = 1000
     attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
+    # One `nn.scan` over each stage's (unshifted, shifted) pairs; needs even depths.
+    scan_layers: bool = False
+    remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def _scanned_stage(self, x, stage: int, block: dict, rates: list[float], train: bool):
+        """Stage `stage` as `nn.scan` over its `depth / 2` (unshifted, shifted) pairs."""
+        if len(rates) % 2:
+            raise ValueError(
+                f"scan_layers pairs a stage's blocks, but stage {stage} has {len(rates)} blocks"
+            )
+        pair = rematerialised(SwinBlockPair, self.remat, scanned=True)
+        stack = scanned_stack(pair, len(rates) // 2, in_axes=(0,))
+        pair_rates = jnp.asarray(rates, jnp.float32).reshape(-1, 2)  # [depth / 2, 2]
+        x, _ = stack(block, train, name=f"layers_{stage}_blocks")(x, pair_rates)
+        return x
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -292,19 +344,25 @@ class SwinTransformer(nn.Module):
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads, strict=True)):
             if i > 0:
                 x = PatchMerging(self.dtype, self.param_dtype, name=f"layers_{i}_downsample")(x)
-            for j in range(depth):
-                x = SwinBlock(
-                    num_heads=heads,
-                    window_size=self.window_size,
-                    shifted=j % 2 == 1,
-                    mlp_ratio=self.mlp_ratio,
-                    drop_path=next(rates),
-                    attention_impl=self.attention_impl,
-                    attention_pad_multiple=self.attention_pad_multiple,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    name=f"layers_{i}_blocks_{j}",
-                )(x, train=train)
+            stage_rates = [next(rates) for _ in range(depth)]
+            block = dict(
+                num_heads=heads,
+                window_size=self.window_size,
+                mlp_ratio=self.mlp_ratio,
+                attention_impl=self.attention_impl,
+                attention_pad_multiple=self.attention_pad_multiple,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+            if self.scan_layers:
+                x = self._scanned_stage(x, i, block, stage_rates, train)
+            else:
+                # `train` is positional: `nn.remat` keeps it static by position.
+                layer = rematerialised(SwinBlock, self.remat, scanned=False, static_argnums=(2,))
+                for j, rate in enumerate(stage_rates):
+                    x = layer(
+                        **block, shifted=j % 2 == 1, drop_path=rate, name=f"layers_{i}_blocks_{j}"
+                    )(x, train)
             x = nn.with_logical_constraint(x, ("batch", None, None, "act_embed"))
 
         x = ln("norm")(x).mean(axis=(1, 2))  # [B, embed_dim * 2**(stages - 1)]

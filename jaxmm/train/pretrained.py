@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import linen as nn
 from flax import traverse_util
+from flax.core import meta
 
 from jaxmm import convert, weights
 from jaxmm.models import create_model
@@ -137,24 +138,30 @@ def load_variables(init_from: str, task: Any) -> dict[str, Any]:
     Args:
         init_from: a weights tag of the run's model or `MODEL@TAG`, a PyTorch checkpoint file,
             or a jaxmm run/checkpoint folder.
-        task: the run's task (`jaxmm.train.tasks`): its model, registry name and overrides.
+        task: the run's task (`jaxmm.train.tasks`): its model, registry name and overrides;
+            None loads a jaxmm run folder as saved.
     """
-    entry = weights.resolve(init_from, task.model_name)
+    model_name = None if task is None else task.model_name  # a run folder needs no task
+    entry = weights.resolve(init_from, model_name)
     if entry is not None:
         return _from_torch(weights.load_state_dict(entry), task, entry.spec)
     path = pathlib.Path(init_from).expanduser()
     if not path.exists():
-        tags = ", ".join(s.split("@", 1)[1] for s in weights.list_pretrained(task.model_name))
+        tags = ", ".join(s.split("@", 1)[1] for s in weights.list_pretrained(model_name))
         raise FileNotFoundError(
             f"init_from: {path} does not exist"
-            + (f" (weights tags of {task.model_name}: {tags})" if tags else "")
+            + (f" (weights tags of {model_name}: {tags})" if model_name and tags else "")
         )
     if path.suffix in TORCH_SUFFIXES:
         return _from_torch(convert.load_state_dict(path), task, path)
     if path.is_dir():
+        variables = _from_orbax(path)
+        if task is None:
+            return variables
         # A run saved with the other `scan_layers` setting: stacked or per-layer as this one.
+        # Boxes are stripped without `nn.unbox`, which would constrain them to the active mesh.
         model_shapes = jax.eval_shape(task.model.init, jax.random.PRNGKey(0), *task.init_inputs())
-        return match_layout(_from_orbax(path), nn.unbox(model_shapes))
+        return match_layout(variables, meta.map_axis_meta(lambda box: box.value, model_shapes))
     raise ValueError(
         f"init_from: {path} is neither a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}) "
         "nor a jaxmm run folder"

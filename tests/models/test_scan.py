@@ -19,6 +19,8 @@ SCANNED = {
     "vit_test": dict(scan_layers=True),
     "text_transformer_test": dict(scan_layers=True),
     "clip_test": dict(image=dict(scan_layers=True), text=dict(scan_layers=True)),
+    # Swin scans each stage's (unshifted, shifted) pairs.
+    "swin_test": dict(scan_layers=True),
 }
 
 
@@ -94,7 +96,7 @@ def test_match_layout_converts_each_tower_its_own_way():
     chex.assert_trees_all_equal(back, jax.tree.map(np.asarray, variables))
 
 
-@pytest.mark.parametrize("name", ["vit_test", "clip_test"])
+@pytest.mark.parametrize("name", ["vit_test", "clip_test", "swin_test"])
 def test_converters_speak_the_per_layer_layout_for_scanned_models(name):
     """`to_torch` of scanned variables equals `to_torch` of the same per-layer ones, and
     `from_torch` into a scanned model returns the stacked layout."""
@@ -107,3 +109,44 @@ def test_converters_speak_the_per_layer_layout_for_scanned_models(name):
         np.testing.assert_array_equal(scanned_state[key], state_dict[key], err_msg=key)
     restored = convert.from_torch(name, state_dict, **overrides)
     chex.assert_trees_all_equal(restored, stack_layers(jax.tree.map(np.asarray, variables)))
+
+
+def test_swin_pairs_stack_even_blocks_as_unshifted_and_odd_as_shifted():
+    _, variables = _init("swin_test", depths=(4, 2), num_heads=(2, 4))
+    stage = stack_layers(variables)["params"]["layers_0_blocks"]
+    per_layer = variables["params"]
+    for j in range(4):
+        role = ("unshifted", "shifted")[j % 2]
+        np.testing.assert_array_equal(
+            stage[role]["attn"]["qkv"]["kernel"][j // 2],
+            per_layer[f"layers_0_blocks_{j}"]["attn"]["qkv"]["kernel"],
+        )
+    chex.assert_trees_all_equal(unstack_layers(stack_layers(variables)), variables)
+
+
+def test_scanned_swin_stochastic_depth_draws_per_block():
+    """Train mode with drop-path rates fed through the scan: some samples keep both branches
+    of a block dropped and some not, and evaluation ignores the rates."""
+    model = create_model("swin_test", scan_layers=True, drop_path_rate=0.9, num_classes=0)
+    images = np.repeat(tiny_inputs("swin_test")[0][:1], 16, axis=0)
+    variables = nn.unbox(model.init(jax.random.PRNGKey(0), images))
+    evaluated = model.apply(variables, images)
+    chex.assert_trees_all_close(evaluated, jnp.broadcast_to(evaluated[:1], evaluated.shape))
+    trained = model.apply(variables, images, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    distinct = np.unique(np.round(np.asarray(trained), 5), axis=0)
+    assert 1 < len(distinct) < len(images)
+
+
+def test_swin_scan_needs_even_stage_depths():
+    with pytest.raises(ValueError, match="stage 0 has 3 blocks"):
+        _init("swin_test", scan_layers=True, depths=(3, 2))
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_swin_remat_keeps_gradients(scan_layers):
+    inputs = tiny_inputs("swin_test")
+    base, variables = _init("swin_test", scan_layers=scan_layers)
+    remat_model = create_model("swin_test", scan_layers=scan_layers, remat="full")
+    expected = jax.grad(_loss(base, inputs))(variables["params"])
+    got = jax.jit(jax.grad(_loss(remat_model, inputs)))(variables["params"])
+    assert_gradients_close(got, expected)
