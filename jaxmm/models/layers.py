@@ -266,6 +266,59 @@ class MultiHeadAttention(nn.Module):
         )(attended)
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries `[B, T, D]` over a context `[B, S, Dc]` (text tokens
+    over image tokens, a caption decoder over the image), through `dot_product_attention`.
+
+    The output has the queries' width `D`; keys and values are projected from the context's
+    own width, so towers of different widths meet without an adapter.
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    implementation: str | None = "auto"
+    pad_multiple: int = 0
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """`context_mask` `[B, S]` bool: False marks context positions no query may read."""
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
+        head_dim = width // self.num_heads
+        project = lambda features, axes, name: DenseNd(  # noqa: E731
+            features=features,
+            kernel_axes=axes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+        query = project((self.num_heads, head_dim), ("embed", "heads", "kv"), "query")(x)
+        key_value = project((2, self.num_heads, head_dim), ("embed", "qkv", "heads", "kv"), "kv")(
+            context
+        )  # [B, S, 2, H, Dh]
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, S]
+        attended = dot_product_attention(
+            query,
+            key_value[:, :, 0],
+            key_value[:, :, 1],
+            mask=mask,
+            implementation=self.implementation,
+            pad_multiple=self.pad_multiple,
+        )  # [B, T, H, Dh]
+        return DenseNd(
+            features=(width,),
+            kernel_axes=("heads", "kv", "embed"),
+            num_in_axes=2,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
+        )(attended)
+
+
 class MlpBlock(nn.Module):
     """Dense -> activation -> Dense, `[.., D] -> [.., D]`."""
 
@@ -335,6 +388,47 @@ class EncoderBlock(nn.Module):
         )
         x = nn.with_logical_constraint(x, ("batch", "act_length", "act_embed"))
         return (x, None) if self.scanned else x
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN block that reads a context: `x + self_attn(ln(x))`, `x + cross_attn(ln(x), c)`,
+    then `x + mlp(ln(x))`, as in the Transformer decoder (Vaswani et al. 2017) and the
+    co-attention layers of ViLBERT/LXMERT.
+
+    `mask` `[B, 1, T, T]` or `is_causal` restrict the self-attention (causal for a caption
+    decoder, padding for question tokens); `context_mask` `[B, S]` hides context padding.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    is_causal: bool = False
+    attention_impl: str | None = "auto"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array,
+        mask: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        ln = lambda name: layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
+        self_attention = MultiHeadAttention(
+            self.num_heads, self.dtype, self.param_dtype, self.attention_impl, name="attn"
+        )
+        x = x + self_attention(ln("ln_1")(x), mask, self.is_causal)
+        cross_attention = CrossAttention(
+            self.num_heads, self.dtype, self.param_dtype, self.attention_impl, name="cross_attn"
+        )
+        x = x + cross_attention(ln("ln_cross")(x), context, context_mask)
+        x = x + MlpBlock(self.mlp_dim, self.activation, self.dtype, self.param_dtype, name="mlp")(
+            ln("ln_2")(x)
+        )
+        return nn.with_logical_constraint(x, ("batch", "act_length", "act_embed"))
 
 
 # What a rematerialised block keeps from its forward pass for the backward one (the rest is

@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import linen as nn
 
 from jaxmm.models.layers import BatchNorm, classifier_head
@@ -115,6 +116,8 @@ class ResNet(ConvBnLayers):
         stage_sizes: blocks per stage (torchvision's `layers`), four stages.
         width: channels of the stem and of the first stage; doubled at each later stage.
         num_classes: classifier outputs; 0 returns the pooled features.
+        output_tokens: with `num_classes=0`, the last feature map as a sequence
+            `[B, h * w, C]` (row-major) instead of its average.
         stem: `'imagenet'` (7x7/2 conv + 3x3/2 max pool, torchvision) or `'cifar'` (3x3/1
             conv, no pool, for 32 px images).
     """
@@ -123,6 +126,7 @@ class ResNet(ConvBnLayers):
     stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
     width: int = 64
     num_classes: int = 1000
+    output_tokens: bool = False
     stem: str = "imagenet"
 
     @nn.compact
@@ -131,6 +135,8 @@ class ResNet(ConvBnLayers):
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
         if self.stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+        if self.output_tokens and self.num_classes:
+            raise ValueError("output_tokens=True returns features: it needs num_classes=0")
         block = BLOCKS[self.block]
         images = images.astype(self.dtype)
         if self.stem == "imagenet":
@@ -151,6 +157,8 @@ class ResNet(ConvBnLayers):
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
             x = nn.with_logical_constraint(x, ("batch", None, None, "act_embed"))
+        if self.output_tokens:
+            return rearrange(x, "b h w c -> b (h w) c")
         x = x.mean(axis=(1, 2))  # [B, C]
         if not self.num_classes:
             return x

@@ -283,6 +283,8 @@ class SwinTransformer(nn.Module):
         drop_path_rate: stochastic depth rate of the last block, rising linearly from 0 at the
             first (timm's schedule); train mode only, with the `'dropout'` rng.
         num_classes: classifier outputs; 0 returns the pooled features.
+        output_tokens: with `num_classes=0`, the normalised last-stage tokens `[B, h * w, C]`
+            instead of their average.
     """
 
     patch_size: int = 4
@@ -293,6 +295,7 @@ class SwinTransformer(nn.Module):
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
     num_classes: int = 1000
+    output_tokens: bool = False
     attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
     # One `nn.scan` over each stage's (unshifted, shifted) pairs; needs even depths.
@@ -320,6 +323,8 @@ class SwinTransformer(nn.Module):
             raise ValueError(
                 f"image size {height}x{width} is not divisible by patch size {self.patch_size}"
             )
+        if self.output_tokens and self.num_classes:
+            raise ValueError("output_tokens=True returns features: it needs num_classes=0")
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f"{len(self.depths)} stage depths but {len(self.num_heads)} heads")
         ln = lambda name: layer_norm(1e-5, self.dtype, self.param_dtype, name)
@@ -365,7 +370,10 @@ class SwinTransformer(nn.Module):
                     )(x, train)
             x = nn.with_logical_constraint(x, ("batch", None, None, "act_embed"))
 
-        x = ln("norm")(x).mean(axis=(1, 2))  # [B, embed_dim * 2**(stages - 1)]
+        x = ln("norm")(x)
+        if self.output_tokens:
+            return x.reshape(x.shape[0], -1, x.shape[-1])  # [B, h * w, C], row-major
+        x = x.mean(axis=(1, 2))  # [B, embed_dim * 2**(stages - 1)]
         if not self.num_classes:
             return x
         return classifier_head(self.num_classes, self.dtype, self.param_dtype, "head")(x)

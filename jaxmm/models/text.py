@@ -6,7 +6,9 @@ EOT token is found as the argmax of the ids: both the OpenAI vocabulary and the
 small trained BPE (`jaxmm.data.tokenizer`) give EOT the largest id. Padding
 (id 0) after EOT is never attended to by EOT because of the causal mask.
 
-Input: int token ids `[B, L]` with `L <= context_length`; output `[B, width]`.
+Input: int token ids `[B, L]` with `L <= context_length`; output `[B, width]`, or with
+`output_tokens=True` every position after `ln_final`, `[B, L, width]` (padding included:
+mask it with `tokens != 0`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class TextTransformer(nn.Module):
     mlp_dim: int = 2048
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    output_tokens: bool = False
     # Speed and memory knobs; none changes the numbers (see `jaxmm.models.layers.Encoder`).
     attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
@@ -77,6 +80,8 @@ class TextTransformer(nn.Module):
             name="encoder",
         )(x)
         x = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_final")(x)
+        if self.output_tokens:
+            return x
         eot_position = jnp.argmax(tokens, axis=-1)  # [B]
         return x[jnp.arange(x.shape[0]), eot_position]  # [B, D]
 

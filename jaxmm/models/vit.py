@@ -12,7 +12,9 @@ replaces the patchify convolution with the convolutional stem of Xiao et al.
 3x3 stride-2 convolutions, then a 1x1 one; it learns shapes from few examples
 much faster (see BENCHMARKS.md). With
 `num_classes=0` the module returns the pooled, normalised features, which is
-how CLIP uses it as an image tower.
+how CLIP uses it as an image tower; `output_tokens=True` (with `num_classes=0`)
+returns every token after the final norm instead, `[B, N, D]` (the class token first
+with `pool='cls'`), for models that attend to the image (fusion, captioning).
 
 Input: NHWC float images `[B, H, W, 3]`, H and W divisible by `patch_size`.
 """
@@ -44,6 +46,7 @@ class VisionTransformer(nn.Module):
     pre_norm: bool = False
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
+    output_tokens: bool = False
     # Speed and memory knobs; none changes the numbers (see `jaxmm.models.layers.Encoder`).
     attention_impl: str | None = "auto"
     attention_pad_multiple: int = 0
@@ -91,6 +94,8 @@ class VisionTransformer(nn.Module):
         del train  # no dropout or batch statistics in this model
         if self.pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
+        if self.output_tokens and self.num_classes:
+            raise ValueError("output_tokens=True returns features: it needs num_classes=0")
         height, width = images.shape[1:3]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -138,6 +143,8 @@ class VisionTransformer(nn.Module):
             name="encoder",
         )(x)
 
+        if self.output_tokens:
+            return ln("norm")(x)  # [B, N, D]: the pooled features' norm, on every token
         # LayerNorm acts per token, so normalising after taking the class token equals
         # timm's norm-then-pool and CLIP's ln_post on the class token.
         x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)  # [B, D]
