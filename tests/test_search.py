@@ -1,0 +1,272 @@
+"""`python -m jaxmm.search` and `jaxmm.inference` on the smoke CLIP run: the index is built,
+reused, updated and pruned; batching does not change embeddings; an image finds itself; bad
+input is one line; and, when the reference data is present, the same on real photos."""
+
+import io
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxmm.train
+from configs import clip_small
+from jaxmm import cli, search, sharding
+from jaxmm.data import export
+from jaxmm.inference import Encoders, load_clip
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory) -> pathlib.Path:
+    """A 4-step smoke CLIP run folder (trained on this process's 8 devices)."""
+    workdir = tmp_path_factory.mktemp("clip_run")
+    config = clip_small.get_config("smoke")
+    config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    config.progress_bar = False
+    jaxmm.train.run(config, workdir)
+    # Searching needs no dataset: nothing of it is left to find.
+    shutil.rmtree(config.data.data_dir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def clip(clip_run):
+    return load_clip(workdir=clip_run)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> pathlib.Path:
+    """The first `NUM_IMAGES` test-split scenes as 64-px JPEGs under `images/`."""
+    out = tmp_path_factory.mktemp("exported")
+    export.export_shapes(out, num=NUM_IMAGES, split="test")
+    return out
+
+
+@pytest.fixture
+def folder(exported, tmp_path) -> pathlib.Path:
+    """A private copy of the exported images, free to change."""
+    return pathlib.Path(shutil.copytree(exported / "images", tmp_path / "photos"))
+
+
+def _spy_on_images(encoders: Encoders) -> list[int]:
+    """Counts the rows `encoders.images` embeds, call by call."""
+    calls, images = [], encoders.images
+
+    def counting(batch):
+        calls.append(len(batch))
+        return images(batch)
+
+    encoders.images = counting
+    return calls
+
+
+def test_index_is_built_reused_updated_and_pruned(clip, folder):
+    encoders = Encoders(clip, batch_size=8)
+    embeds = _spy_on_images(encoders)
+    index, update = search.update_index(folder, encoders)
+
+    path = folder / f".jaxmm_search_{clip.image_fingerprint}.npz"
+    assert update.path == path and path.is_file()
+    assert (update.embedded, update.reused, update.dropped, update.skipped) == (24, 0, 0, ())
+    assert embeds == [8, 8, 8]  # fixed-size chunks
+    names = sorted(f"test_{i:06d}.jpg" for i in range(NUM_IMAGES))
+    with np.load(path) as stored:
+        assert list(stored["paths"]) == names
+        assert stored["embeddings"].dtype == np.float16
+        assert stored["embeddings"].shape == (NUM_IMAGES, clip.embed_dim)
+        np.testing.assert_array_equal(stored["sizes"], [os.path.getsize(folder / n) for n in names])
+        fresh = encoders.images(np.stack([clip.load_image(folder / n) for n in names]))
+        np.testing.assert_allclose(stored["embeddings"], fresh, atol=2e-3)
+
+    # Nothing changed: nothing embedded, the file not rewritten.
+    written = path.stat().st_mtime_ns
+    embeds.clear()
+    _, update = search.update_index(folder, encoders)
+    assert (update.embedded, update.reused, update.dropped) == (0, 24, 0) and embeds == []
+    assert path.stat().st_mtime_ns == written
+
+    # One file's content replaced, one deleted, one undecodable and one nested file added.
+    shutil.copyfile(folder / "test_000010.jpg", folder / "test_000003.jpg")
+    (folder / "test_000004.jpg").unlink()
+    (folder / "bad.png").write_bytes(b"not an image")
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    shutil.copyfile(folder / "test_000007.jpg", folder / "nested" / "deeper" / "copy.JPG")
+    embeds.clear()
+    index, update = search.update_index(folder, encoders)
+    assert (update.embedded, update.reused, update.dropped) == (2, 22, 1)
+    assert [name for name, _ in update.skipped] == ["bad.png"]
+    assert embeds == [2]  # one chunk: the undecodable file never reaches the model
+    assert "test_000004.jpg" not in index.paths and "bad.png" not in index.paths
+    rows = {name: row for name, row in zip(index.paths, index.embeddings, strict=True)}
+    np.testing.assert_allclose(rows["test_000003.jpg"], rows["test_000010.jpg"], atol=2e-3)
+    np.testing.assert_allclose(rows["nested/deeper/copy.JPG"], rows["test_000007.jpg"], atol=2e-3)
+    assert search.Index.load(path).paths == index.paths
+
+
+def test_batches_and_devices_do_not_change_embeddings(clip, clip_run, folder):
+    """10 images in two padded batches of 8, in one batch of 16, on one device, and
+    through the model without jit or sharding: the same embeddings."""
+    images = np.stack([clip.load_image(p) for p in sorted(folder.glob("*.jpg"))[:10]])
+    two_batches = Encoders(clip, batch_size=8).images(images)
+    one_batch = Encoders(clip, batch_size=16).images(images)
+    one_device = load_clip(clip_run, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
+    assert {d for leaf in jax.tree.leaves(one_device.variables) for d in leaf.devices()} == {
+        jax.devices()[0]
+    }
+    single = Encoders(one_device, batch_size=3).images(images)
+    direct = clip.model.apply(
+        jax.device_get(clip.variables), images, method=clip.model.encode_image
+    )
+    assert two_batches.shape == (10, clip.embed_dim)
+    for other in (one_batch, single):
+        np.testing.assert_allclose(two_batches, other, atol=1e-6)
+    np.testing.assert_allclose(two_batches, direct, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(two_batches, axis=1), 1.0, atol=1e-5)
+
+
+def test_image_query_finds_itself_first_and_draws_a_grid(clip_run, folder, tmp_path, capsys):
+    query = folder / "test_000005.jpg"
+    grid = tmp_path / "hits.png"
+    results = search.main(
+        [
+            f"--workdir={clip_run}",
+            f"--images={folder}",
+            f"--image={query}",
+            "--top_k=4",
+            f"--grid={grid}",
+            "a red circle",
+        ]
+    )
+    assert [q for q, _ in results] == ["a red circle", str(query)]
+    text_hits, image_hits = results[0][1], results[1][1]
+    assert image_hits[0][0] == "test_000005.jpg"
+    assert image_hits[0][1] == pytest.approx(1.0, abs=2e-3)
+    for hits in (text_hits, image_hits):
+        scores = [score for _, score in hits]
+        assert len(hits) == 4 and scores == sorted(scores, reverse=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "a red circle" and out[5] == str(query)
+    assert out[6].split() == ["1", f"{image_hits[0][1]:.3f}", str(query)]
+    with Image.open(grid) as image:
+        assert image.format == "PNG" and image.width > 200 and image.height > 200
+
+
+def _one_line_error(argv, capsys) -> str:
+    """The message `python -m jaxmm.search ARGV` exits with (Python prints it to stderr)."""
+    with pytest.raises(SystemExit) as exit_info, cli.one_line_errors():
+        search.main(argv)
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
+    assert capsys.readouterr().err == ""  # nothing else on stderr
+    return message
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_folder", "no such folder"),
+        ("empty_folder", "no images"),
+        ("no_query", "no query"),
+        ("missing_workdir", "no such folder"),
+        ("no_checkpoint", "no checkpoint"),
+        ("unknown_tag", "has no weights 'nope'"),
+        ("not_clip", "not a CLIP model"),
+        ("no_model", "--workdir --weights is required"),
+    ],
+)
+def test_bad_input_is_one_line(case, expected, clip_run, folder, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    unfinished = tmp_path / "unfinished_run"
+    unfinished.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(clip_run / name, unfinished / name)
+    model = f"--workdir={clip_run}"
+    argv = {
+        "missing_folder": [model, f"--images={tmp_path / 'nope'}", "a dog"],
+        "empty_folder": [model, f"--images={empty}", "a dog"],
+        "no_query": [model, f"--images={folder}"],
+        "missing_workdir": [f"--workdir={tmp_path / 'nope'}", f"--images={folder}", "a dog"],
+        "no_checkpoint": [f"--workdir={unfinished}", f"--images={folder}", "a dog"],
+        "unknown_tag": ["--weights=clip_vit_b32@nope", f"--images={folder}", "a dog"],
+        "not_clip": ["--weights=resnet50@torchvision:IMAGENET1K_V2", f"--images={folder}", "x"],
+        "no_model": [f"--images={folder}", "a dog"],
+    }[case]
+    assert expected in _one_line_error(argv, capsys)
+    assert not list(folder.glob(".jaxmm_search_*"))  # failed before indexing
+
+
+def test_command_on_one_device_reads_a_run_written_on_eight(clip_run, folder):
+    """`python -m jaxmm.search` in a fresh process that sees one device: the checkpoint
+    written on 8 devices restores there, and bad input is one line and status 1."""
+    env = {**os.environ, "XLA_FLAGS": "", "JAXMM_TRACEBACK": ""}
+    command = [sys.executable, "-m", "jaxmm.search", f"--workdir={clip_run}"]
+    ok = subprocess.run(
+        [*command, f"--images={folder}", "--top_k=2", "a blue star"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[0] == "a blue star" and len(lines) == 3
+    assert all(line.split()[2].startswith(str(folder)) for line in lines[1:])
+    assert "24 images (24 embedded" in ok.stderr
+
+    bad = subprocess.run(
+        [*command, f"--images={folder / 'nope'}", "a dog"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        f"error: --images={folder / 'nope'}: no such folder"
+    ]
+
+
+def test_real_photos_find_themselves(clip, shared_data, tmp_path):
+    """Flickr8k photos (JPEGs of many sizes and aspect ratios): each of several query photos
+    is its own best hit."""
+    photos = shared_data / "flickr8k_1000" / "images"
+    if not photos.is_dir():
+        pytest.skip(f"Flickr8k sample not found at {photos}")
+    folder = tmp_path / "flickr"
+    folder.mkdir()
+    for path in sorted(photos.glob("*.jpg"))[:48]:
+        shutil.copyfile(path, folder / path.name)
+    encoders = Encoders(clip, batch_size=16)
+    index, update = search.update_index(folder, encoders, tmp_path / "index.npz", "float32")
+    assert update.embedded == 48 and not update.skipped
+    queries = index.paths[::12]
+    embeddings = encoders.images(np.stack([clip.load_image(folder / q) for q in queries]))
+    for query, hits in zip(queries, search.search(index, embeddings, top_k=3), strict=True):
+        assert hits[0][0] == query and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        assert hits[1][1] < hits[0][1]
+
+
+def test_index_file_is_plain_numpy(clip, folder):
+    """The index opens without pickles and its arrays line up."""
+    index, update = search.update_index(folder, Encoders(clip, 8), dtype="float32")
+    with np.load(io.BytesIO(update.path.read_bytes()), allow_pickle=False) as stored:
+        assert set(stored.files) == {
+            "version",
+            "fingerprint",
+            "paths",
+            "sizes",
+            "mtimes",
+            "embeddings",
+        }
+        assert str(stored["fingerprint"]) == clip.image_fingerprint
+        assert stored["embeddings"].dtype == np.float32
+        assert len(stored["paths"]) == len(stored["mtimes"]) == len(stored["embeddings"])
