@@ -1,9 +1,9 @@
 """Finds and prepares the tfds builder named by a config's `data` section.
 
-`data.name` is one of jaxmm's own builders (the built-in `clip_shapes`, or the
-user-data builders `image_caption_file`, `coco_caption_files` and `image_folder`,
-configured by `data.builder_kwargs`), or the name of any tfds dataset the user has. Everything
-is prepared as array_record so grain can read it without TensorFlow.
+`data.name` is one of jaxmm's own builders (the built-in `clip_shapes` and `vqa_shapes`, or
+the user-data builders `image_caption_file`, `coco_caption_files`, `image_folder` and
+`vqa_file`, configured by `data.builder_kwargs`), or the name of any tfds dataset the user
+has. Everything is prepared as array_record so grain can read it without TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from ml_collections import ConfigDict
 from jaxmm.data.image_folder import ImageFolder
 from jaxmm.data.shapes import ClipShapes
 from jaxmm.data.user_captions import CocoCaptions, ImageCaptionFile
+from jaxmm.data.user_vqa import VqaFile
+from jaxmm.data.vqa_shapes import VqaShapes
 
 # Builders whose files a user points at (`data.builder_kwargs`); they name their own
 # configs after a fingerprint of those files.
@@ -24,7 +26,10 @@ USER_BUILDERS = {
     "image_caption_file": ImageCaptionFile,
     "coco_caption_files": CocoCaptions,
     "image_folder": ImageFolder,
+    "vqa_file": VqaFile,
 }
+# Procedural datasets generated on first use; `data.builder_kwargs` override their knobs.
+BUILT_IN = {"clip_shapes": ClipShapes, "vqa_shapes": VqaShapes}
 
 
 def get_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
@@ -36,8 +41,8 @@ def get_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
     if config.name in USER_BUILDERS:
         return _user_builder(config.name, data_dir, kwargs)
     builder_config = config.get("builder_config") or None
-    if config.name == "clip_shapes":
-        return ClipShapes(
+    if config.name in BUILT_IN:
+        return BUILT_IN[config.name](
             config=builder_config, data_dir=data_dir, file_format="array_record", **kwargs
         )
     return tfds.builder(
@@ -56,7 +61,9 @@ def _user_builder(name: str, data_dir: str | None, kwargs: dict) -> tfds.core.Da
     # Configs use one set of fields for every layout: `path` is the caption file, the COCO
     # folder or JSON, or the image folder.
     if "path" not in kwargs:
-        what = "image folder" if name == "image_folder" else "caption file"
+        what = {"image_folder": "image folder", "vqa_file": "question file"}.get(
+            name, "caption file"
+        )
         raise ValueError(f"data.builder_kwargs.path must name the {what} for {name!r}")
     # A mapping written in a config file (COCO's `{split: file}`) arrives as a ConfigDict,
     # which is not a `Mapping`; the builders take plain dicts.

@@ -2,9 +2,10 @@
 
 `check_config(config)` raises one `ValueError` listing every problem it finds:
 
-- Unknown keys. The schema is the base config of each task (`configs/clip_small.py`,
-  `configs/resnet18_shapes.py`): every field the trainer reads has a default in one of them.
-  The run's own task's base comes first, the other fills in fields both tasks share (an
+- Unknown keys. The schema is the base config of each task (`BASE_CONFIGS`: e.g.
+  `configs/clip_small.py`, `configs/resnet18_shapes.py`): every field the trainer reads has a
+  default in one of them.
+  The run's own task's base comes first, the others fill in fields tasks share (an
   AdamW classifier takes `optim.b1` from the CLIP base). A typo such as `optim.lerning_rate`,
   or a field an older version had, would otherwise be ignored silently; each one is reported
   with the closest known key. The command line already refuses unknown keys; this catches
@@ -38,7 +39,11 @@ from jaxmm.models import create_model
 from jaxmm.train import tasks
 
 # The base config of each task in `tasks.TASKS`: together they are the schema of every config.
-BASE_CONFIGS = {"contrastive": "configs.clip_small", "classification": "configs.resnet18_shapes"}
+BASE_CONFIGS = {
+    "contrastive": "configs.clip_small",
+    "classification": "configs.resnet18_shapes",
+    "vqa": "configs.vqa_xattn",
+}
 # Sections whose keys the base configs do not fix (each is checked elsewhere, see above).
 FREE_FORM = frozenset({"model", "data.builder_kwargs", "optim.lr_multipliers"})
 

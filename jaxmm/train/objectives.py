@@ -97,19 +97,51 @@ class Contrastive:
 
 
 class Classification:
-    """Softmax cross-entropy with label smoothing on `{'image', 'label'}` batches."""
+    """Softmax cross-entropy with label smoothing on `{'image', 'label'}` batches; the model
+    reads the batch's `input_keys` (`('image', 'tokens')` for image + text classifiers)."""
 
-    def __init__(self, label_smoothing: float = 0.0):
+    def __init__(self, label_smoothing: float = 0.0, input_keys: tuple[str, ...] = ("image",)):
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
+        self.input_keys = input_keys
 
     def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
-        return (batch["image"],)
+        return tuple(batch[key] for key in self.input_keys)
 
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         loss = losses.softmax_cross_entropy(outputs, batch["label"], self.label_smoothing)
         accuracy = jnp.mean(jnp.argmax(outputs, axis=-1) == batch["label"])
+        return loss, {"accuracy": accuracy}
+
+    def constrain(self, params: Any) -> Any:
+        return params
+
+
+class SoftTargetClassification:
+    """Answer classification against soft targets, on `{'image', 'tokens', 'targets'}` batches.
+
+    `targets` `[B, V]` holds each vocabulary answer's score (VQA-v2's soft accuracy against
+    the human answers, or a one-hot answer). The loss is the softmax cross-entropy with the
+    targets normalised to a distribution: exact for one answer per question (the built-in
+    data); for VQA-v2's ten human answers Teney et al. (2018) report a sigmoid per answer
+    a little better. A question whose answers all lie outside the vocabulary has no target
+    and no weight. `accuracy` is the soft accuracy of the top
+    answer, the VQA metric itself, on the training batch.
+    """
+
+    def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+        return batch["image"], batch["tokens"]
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        targets = batch["targets"].astype(jnp.float32)
+        total = targets.sum(axis=-1)  # [B]
+        distribution = targets / jnp.maximum(total, 1e-12)[:, None]
+        per_example = -(distribution * jax.nn.log_softmax(outputs.astype(jnp.float32))).sum(-1)
+        answerable = (total > 0).astype(jnp.float32)
+        loss = (per_example * answerable).sum() / jnp.maximum(answerable.sum(), 1.0)
+        top = jnp.argmax(outputs, axis=-1)[:, None]
+        accuracy = jnp.take_along_axis(targets, top, axis=-1).mean()
         return loss, {"accuracy": accuracy}
 
     def constrain(self, params: Any) -> Any:

@@ -142,16 +142,17 @@ def check_finite(finite_leaves: jax.Array, params: Any, step: int, policy: str) 
 
 
 def _jit_over_batch(fn: Callable[[Any, Any], jax.Array], mesh: Mesh) -> Callable[..., jax.Array]:
-    """jit `fn(variables, batch)` with the batch split over the mesh's batch axes and the output
-    replicated, so every process (of a multi-host run too) can read it whole; every process
-    passes the same whole host batch."""
+    """jit `fn(variables, batch)` with the batch (an array or a tuple of arrays) split over the
+    mesh's batch axes and the output replicated, so every process (of a multi-host run too)
+    can read it whole; every process passes the same whole host batch."""
     batch_sharding = sharding.batch_sharding(mesh)
     jitted = jax.jit(
         fn, in_shardings=(None, batch_sharding), out_shardings=sharding.replicated(mesh)
     )
 
     def call(variables: Any, batch: Any) -> jax.Array:
-        return jitted(variables, sharding.global_array_from_host(batch, batch_sharding))
+        to_global = lambda x: sharding.global_array_from_host(x, batch_sharding)  # noqa: E731
+        return jitted(variables, jax.tree.map(to_global, batch))
 
     return call
 
@@ -171,9 +172,10 @@ def make_encoders(
 
 
 def make_predict(model: nn.Module, mesh: Mesh) -> Callable[..., jax.Array]:
-    """Jitted `(variables, images) -> logits` in eval mode (BatchNorm running statistics)."""
+    """Jitted `(variables, images) -> logits` in eval mode (BatchNorm running statistics);
+    for models of several inputs, `(variables, (images, tokens)) -> logits`."""
 
-    def predict(variables: Any, images: jax.Array) -> jax.Array:
-        return model.apply(variables, images)
+    def predict(variables: Any, inputs: jax.Array | tuple[jax.Array, ...]) -> jax.Array:
+        return model.apply(variables, *inputs if isinstance(inputs, tuple) else (inputs,))
 
     return _jit_over_batch(predict, mesh)

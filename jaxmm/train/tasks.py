@@ -1,5 +1,7 @@
-"""The two kinds of run the trainer knows, built from a config: contrastive image-text
-pretraining (`task='contrastive'`, CLIP/SigLIP) and image classification (`'classification'`).
+"""The kinds of run the trainer knows, built from a config (`config.task`): contrastive
+image-text pretraining (`'contrastive'`, CLIP/SigLIP) and image classification
+(`'classification'`), defined here, and the cross-modal tasks of their own modules: visual
+question answering (`'vqa'`) and image + text classification (`'image_text_classification'`).
 
 A task bundles what differs between them: the model, the objective the jitted step
 optimises, how one training example is made, the inputs `model.init` traces, and the
@@ -10,61 +12,27 @@ from __future__ import annotations
 
 import math
 import pathlib
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxmm.data import pipeline
-from jaxmm.data.tokenizer import Tokenizer, load_clip_tokenizer, train_bpe_tokenizer
 from jaxmm.evaluate.classification import evaluate_classifier
 from jaxmm.evaluate.image_text import evaluate_image_text
 from jaxmm.models import create_model
 from jaxmm.train import distributed, objectives
+from jaxmm.train.fusion_tasks import ImageTextClassificationTask, VqaTask
 from jaxmm.train.steps import make_encoders, make_predict
-
-TOKENIZER_FILE = "tokenizer.json"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-Evaluator = Callable[[Any], dict[str, float]]  # variables -> metrics
-
-
-def model_overrides(model_config: ConfigDict) -> tuple[str, dict[str, Any]]:
-    """`(registry name, overrides)` from a config's `model` section; dtype names resolved."""
-    overrides = model_config.to_dict()
-    name = overrides.pop("name")
-    for key in ("dtype", "param_dtype"):
-        if key in overrides:
-            if overrides[key] not in DTYPES:
-                raise ValueError(f"model.{key}={overrides[key]!r}; choose from {sorted(DTYPES)}")
-            overrides[key] = DTYPES[overrides[key]]
-    return name, overrides
-
-
-def build_tokenizer(config: ConfigDict, builder, workdir: pathlib.Path) -> Tokenizer:
-    """The run's tokenizer: loaded from the workdir when resuming, else built and saved there."""
-    path = workdir / TOKENIZER_FILE
-    if path.exists():
-        return Tokenizer.load(path)
-    if config.kind == "clip":
-        tokenizer = load_clip_tokenizer(config.merges_path)
-    elif config.kind == "bpe":
-        source = builder.as_data_source("train")
-        limit = min(len(source), config.train_on_examples)
-        texts = (
-            pipeline.as_text(caption) for i in range(limit) for caption in source[i]["captions"]
-        )
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=config.vocab_size)
-    else:
-        raise ValueError(f"unknown tokenizer kind {config.kind!r}; choose 'clip' or 'bpe'")
-    if jax.process_index() == 0:
-        tokenizer.save(path)
-    return tokenizer
+from jaxmm.train.task_common import (  # noqa: F401  (TOKENIZER_FILE: tasks.TOKENIZER_FILE)
+    TOKENIZER_FILE,
+    Evaluator,
+    build_tokenizer,
+    model_overrides,
+)
 
 
 def clip_model_overrides(config: ConfigDict, vocab_size: int) -> tuple[str, dict[str, Any]]:
@@ -185,7 +153,12 @@ class ClassificationTask:
         return evaluate
 
 
-TASKS = {"contrastive": ContrastiveTask, "classification": ClassificationTask}
+TASKS = {
+    "contrastive": ContrastiveTask,
+    "classification": ClassificationTask,
+    "vqa": VqaTask,
+    "image_text_classification": ImageTextClassificationTask,
+}
 
 
 def make_task(config: ConfigDict, builder: tfds.core.DatasetBuilder, workdir):

@@ -21,6 +21,9 @@ from configs import (
     swin_t_imagenet,
     vgg16_imagenet,
     vit_b16_imagenet,
+    vqa_bilinear,
+    vqa_concat,
+    vqa_xattn,
 )
 from jaxmm.data import pipeline
 from jaxmm.models import list_models
@@ -38,6 +41,9 @@ CONFIGS = {
     "vgg16_imagenet": vgg16_imagenet,
     "resnet18_cifar10": resnet18_cifar10,
     "mobilenet_v2_cifar10": mobilenet_v2_cifar10,
+    "vqa_concat": vqa_concat,
+    "vqa_bilinear": vqa_bilinear,
+    "vqa_xattn": vqa_xattn,
 }
 CLASSIFICATION = sorted(
     name for name, module in CONFIGS.items() if module.get_config().task == "classification"
@@ -94,6 +100,11 @@ def test_smoke_setting_trains(name, tmp_path, data_dir):
         config.data.builder_kwargs.val_fraction = 0.25
     config.progress_bar = False
     metrics = jaxmm.train.run(config, tmp_path / "workdir")
+    if config.task == "vqa":
+        types = {key for key in metrics if key.startswith("vqa/accuracy_")}
+        assert len(types) == 7 and 0 <= metrics["vqa/accuracy"] <= 1, metrics
+        assert 0 <= metrics["vqa/heldout_accuracy"] <= 1
+        return
     if name in CLASSIFICATION:
         assert 0 <= metrics["eval/top1"] <= metrics["eval/top5"] <= 1
         # Held-out colour-shape classes never appear in training: a classifier cannot score.

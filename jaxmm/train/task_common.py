@@ -1,0 +1,65 @@
+"""What every task is built from: the model named by the config, and the run's tokenizer.
+
+Tasks (`jaxmm.train.tasks`, `jaxmm.train.fusion_tasks`, ...) import these rather than each
+other, so any task module can be imported first.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from jaxmm.data import pipeline
+from jaxmm.data.tokenizer import Tokenizer, load_clip_tokenizer, train_bpe_tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+Evaluator = Callable[[Any], dict[str, float]]  # variables -> metrics
+
+
+def model_overrides(model_config: ConfigDict) -> tuple[str, dict[str, Any]]:
+    """`(registry name, overrides)` from a config's `model` section; dtype names resolved."""
+    overrides = model_config.to_dict()
+    name = overrides.pop("name")
+    for key in ("dtype", "param_dtype"):
+        if key in overrides:
+            if overrides[key] not in DTYPES:
+                raise ValueError(f"model.{key}={overrides[key]!r}; choose from {sorted(DTYPES)}")
+            overrides[key] = DTYPES[overrides[key]]
+    return name, overrides
+
+
+def build_tokenizer(
+    config: ConfigDict, builder, workdir: pathlib.Path, text_key: str = "captions"
+) -> Tokenizer:
+    """The run's tokenizer: loaded from the workdir when resuming, else built and saved there.
+
+    A small BPE (`kind='bpe'`) learns from the train split's `text_key` feature: a sequence
+    of texts per record (`captions`, `questions`) or one text (`text`).
+    """
+    path = workdir / TOKENIZER_FILE
+    if path.exists():
+        return Tokenizer.load(path)
+    if config.kind == "clip":
+        tokenizer = load_clip_tokenizer(config.merges_path)
+    elif config.kind == "bpe":
+        source = builder.as_data_source("train")
+        limit = min(len(source), config.train_on_examples)
+
+        def texts_of(value):
+            return [value] if isinstance(value, str | bytes) else list(value)
+
+        texts = (
+            pipeline.as_text(text) for i in range(limit) for text in texts_of(source[i][text_key])
+        )
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=config.vocab_size)
+    else:
+        raise ValueError(f"unknown tokenizer kind {config.kind!r}; choose 'clip' or 'bpe'")
+    if jax.process_index() == 0:
+        tokenizer.save(path)
+    return tokenizer
