@@ -2,8 +2,8 @@
 
 Each family file declares its variants as data (a table of field values); this
 module turns every row into a registry entry. Overrides replace fields of the
-module being built; CLIP entries also take `image_tower`/`text_tower` (registry
-names) and `image`/`text` (dicts of overrides for the towers).
+module being built; CLIP and fusion entries also take `image_tower`/`text_tower`
+(registry names) and `image`/`text` (dicts of overrides for the towers).
 
 `create_model(name, pretrained=TAG)` also loads published weights (`jaxmm.weights`).
 Linen modules hold no parameters, so it returns `(module, variables)` rather than a module
@@ -21,6 +21,7 @@ from flax import linen as nn
 
 from jaxmm.models.alexnet import ALEXNET_VARIANTS, AlexNet
 from jaxmm.models.clip import CLIP, CLIP_VARIANTS
+from jaxmm.models.fusion import FUSION_VARIANTS, FusionClassifier
 from jaxmm.models.mobilenet import (
     MOBILENET_V1_VARIANTS,
     MOBILENET_V2_VARIANTS,
@@ -58,7 +59,7 @@ _SHARED_FIELDS = ("dtype", "param_dtype")
 
 def list_models() -> list[str]:
     """All registered names, sorted."""
-    return sorted([*_REGISTRY, *CLIP_VARIANTS])
+    return sorted([*_REGISTRY, *CLIP_VARIANTS, *FUSION_VARIANTS])
 
 
 def _module_fields(module: type[nn.Module]) -> set[str]:
@@ -119,6 +120,8 @@ def create_model(
         return model, weights.load(name, pretrained, **overrides)
     if name in CLIP_VARIANTS:
         return _create_clip(name, **overrides)
+    if name in FUSION_VARIANTS:
+        return _create_fusion(name, **overrides)
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     module, row = _REGISTRY[name]
@@ -153,3 +156,52 @@ def _create_clip(
     return _build(
         CLIP, {}, {"image_tower": tower_image, "text_tower": tower_text, **clip_fields}, name
     )
+
+
+def _create_fusion(
+    name: str,
+    *,
+    image_tower: str | None = None,
+    image: Mapping[str, Any] | None = None,
+    text_tower: str | None = None,
+    text: Mapping[str, Any] | None = None,
+    **fusion_overrides: Any,
+) -> FusionClassifier:
+    """A `FusionClassifier` whose towers are built as `_create_clip` builds CLIP's (same
+    names, overrides and parameter trees), returning tokens where the fusion attends to them."""
+    variant = FUSION_VARIANTS[name]
+    fusion_fields = {
+        key: value
+        for key, value in variant.items()
+        if key not in ("image_tower", "image", "text_tower", "text")
+    }
+    fusion_fields.update(fusion_overrides)
+    shared = {key: fusion_fields[key] for key in _SHARED_FIELDS if key in fusion_fields}
+    tokens = {"output_tokens": fusion_fields["fusion"] == "xattn"}
+    image_name = image_tower or variant["image_tower"]
+    image_base = variant.get("image", {}) if image_tower is None else {}
+    text_name = text_tower or variant["text_tower"]
+    text_base = variant.get("text", {}) if text_tower is None else {}
+
+    def tower(role: str, tower_name: str, tower_overrides: dict[str, Any]) -> nn.Module:
+        # A tower without `output_tokens` (MobileNet, VGG) is built without it: for xattn,
+        # FusionClassifier then says that it cannot give tokens.
+        if tower_name in _REGISTRY and "output_tokens" in _module_fields(_REGISTRY[tower_name][0]):
+            tower_overrides = {**tower_overrides, **tokens}
+        return _create_tower(name, role, tower_name, tower_overrides)
+
+    tower_image = tower(
+        "image", image_name, {**image_base, **(image or {}), **shared, "num_classes": 0}
+    )
+    tower_text = tower("text", text_name, {**text_base, **(text or {}), **shared})
+    try:
+        return _build(
+            FusionClassifier,
+            {},
+            {"image_tower": tower_image, "text_tower": tower_text, **fusion_fields},
+            name,
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"{name} (image tower {image_name!r}, text tower {text_name!r}): {e}"
+        ) from None
