@@ -53,7 +53,7 @@ class Material(NamedTuple):
     `name` is the adjective used in class names; `adjectives` go before a noun ("an oak
     charm"), `nouns` after "made of" ("made of cast iron"). Each phrase ends in a head word
     (`head_words`) that identifies the material; the words before it ("cast", "blown") are
-    shared-nothing modifiers.
+    modifiers that name no material.
     """
 
     name: str
