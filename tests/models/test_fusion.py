@@ -34,11 +34,11 @@ OTHERS = {
 }
 
 
-def _inputs(length: int = 16):
-    """Two 32 px images and two questions, EOT at 10 and 6, zero padding to `length`."""
+def _inputs():
+    """Two 32 px images and two questions, EOT at 10 and 6, zero padding to 16 tokens."""
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
-    tokens = np.zeros((2, length), np.int32)
+    tokens = np.zeros((2, 16), np.int32)
     for row, eot in enumerate((10, 6)):
         tokens[row, :eot] = rng.integers(1, 500, size=eot)
         tokens[row, eot] = EOT
