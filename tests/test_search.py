@@ -2,7 +2,9 @@
 reused, updated and pruned; batching does not change embeddings; an image finds itself; bad
 input is one line; and, when the reference data is present, the same on real photos."""
 
+import dataclasses
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -12,12 +14,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 from PIL import Image
 
 import jaxmm.train
 from configs import clip_small
 from jaxmm import cli, search, sharding
-from jaxmm.data import export
+from jaxmm.data import export, pipeline
 from jaxmm.inference import Encoders, load_clip
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -43,6 +46,12 @@ def clip(clip_run):
 
 
 @pytest.fixture(scope="module")
+def encoders(clip):
+    """Shared, so the tests compile the encoders once: batches of 8, one image a device."""
+    return Encoders(clip, batch_size=8)
+
+
+@pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> pathlib.Path:
     """The first `NUM_IMAGES` test-split scenes as 64-px JPEGs under `images/`."""
     out = tmp_path_factory.mktemp("exported")
@@ -56,7 +65,7 @@ def folder(exported, tmp_path) -> pathlib.Path:
     return pathlib.Path(shutil.copytree(exported / "images", tmp_path / "photos"))
 
 
-def _spy_on_images(encoders: Encoders) -> list[int]:
+def _spy_on_images(encoders: Encoders, monkeypatch) -> list[int]:
     """Counts the rows `encoders.images` embeds, call by call."""
     calls, images = [], encoders.images
 
@@ -64,13 +73,12 @@ def _spy_on_images(encoders: Encoders) -> list[int]:
         calls.append(len(batch))
         return images(batch)
 
-    encoders.images = counting
+    monkeypatch.setattr(encoders, "images", counting)
     return calls
 
 
-def test_index_is_built_reused_updated_and_pruned(clip, folder):
-    encoders = Encoders(clip, batch_size=8)
-    embeds = _spy_on_images(encoders)
+def test_index_is_built_reused_updated_and_pruned(clip, encoders, folder, monkeypatch):
+    embeds = _spy_on_images(encoders, monkeypatch)
     index, update = search.update_index(folder, encoders)
 
     path = folder / f".jaxmm_search_{clip.image_fingerprint}.npz"
@@ -111,25 +119,47 @@ def test_index_is_built_reused_updated_and_pruned(clip, folder):
     assert search.Index.load(path).paths == index.paths
 
 
-def test_batches_and_devices_do_not_change_embeddings(clip, clip_run, folder):
-    """10 images in two padded batches of 8, in one batch of 16, on one device, and
-    through the model without jit or sharding: the same embeddings."""
+def test_batches_and_devices_do_not_change_embeddings(clip, clip_run, encoders, folder):
+    """10 images in two batches of 8 over 8 devices (the second padded), in four batches of 3
+    on one device, and in one call of the model: the same embeddings."""
     images = np.stack([clip.load_image(p) for p in sorted(folder.glob("*.jpg"))[:10]])
-    two_batches = Encoders(clip, batch_size=8).images(images)
-    one_batch = Encoders(clip, batch_size=16).images(images)
+    two_batches = encoders.images(images)
     one_device = load_clip(clip_run, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
     assert {d for leaf in jax.tree.leaves(one_device.variables) for d in leaf.devices()} == {
         jax.devices()[0]
     }
     single = Encoders(one_device, batch_size=3).images(images)
-    direct = clip.model.apply(
-        jax.device_get(clip.variables), images, method=clip.model.encode_image
-    )
+    encode = jax.jit(lambda v, x: clip.model.apply(v, x, method=clip.model.encode_image))
+    direct = encode(jax.device_get(clip.variables), images)
     assert two_batches.shape == (10, clip.embed_dim)
-    for other in (one_batch, single):
-        np.testing.assert_allclose(two_batches, other, atol=1e-6)
-    np.testing.assert_allclose(two_batches, direct, atol=1e-5)
+    np.testing.assert_allclose(two_batches, single, atol=1e-6)
+    np.testing.assert_allclose(two_batches, direct, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(two_batches, axis=1), 1.0, atol=1e-5)
+
+
+def test_images_are_seen_as_the_runs_evaluation_sees_them(clip, clip_run, folder):
+    data = ConfigDict(json.loads((clip_run / "config.json").read_text())["data"])
+    path = folder / "test_000001.jpg"
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape == (64, 64, 3) and clip.image_size == data.image_size == 32
+    np.testing.assert_array_equal(clip.load_image(path), pipeline.eval_image(pixels, data))
+
+
+def test_fingerprint_follows_the_image_side_only(clip):
+    def changed(top_level: str):
+        params = dict(clip.variables["params"])
+        params[top_level] = jax.tree.map(lambda x: x + 1, params[top_level])
+        return dataclasses.replace(clip, variables={**clip.variables, "params": params})
+
+    assert changed("text_tower").image_fingerprint == clip.image_fingerprint
+    assert changed("logit_scale").image_fingerprint == clip.image_fingerprint
+    assert changed("image_projection").image_fingerprint != clip.image_fingerprint
+    assert changed("image_tower").image_fingerprint != clip.image_fingerprint
+    assert '"crop_fraction": 1.0' in clip.description
+    description = clip.description.replace('"crop_fraction": 1.0', '"crop_fraction": 0.875')
+    other_crop = dataclasses.replace(clip, description=description)
+    assert other_crop.image_fingerprint != clip.image_fingerprint
 
 
 def test_image_query_finds_itself_first_and_draws_a_grid(clip_run, folder, tmp_path, capsys):
@@ -141,6 +171,7 @@ def test_image_query_finds_itself_first_and_draws_a_grid(clip_run, folder, tmp_p
             f"--images={folder}",
             f"--image={query}",
             "--top_k=4",
+            "--batch_size=8",
             f"--grid={grid}",
             "a red circle",
         ]
@@ -235,7 +266,7 @@ def test_command_on_one_device_reads_a_run_written_on_eight(clip_run, folder):
     ]
 
 
-def test_real_photos_find_themselves(clip, shared_data, tmp_path):
+def test_real_photos_find_themselves(clip, encoders, shared_data, tmp_path):
     """Flickr8k photos (JPEGs of many sizes and aspect ratios): each of several query photos
     is its own best hit."""
     photos = shared_data / "flickr8k_1000" / "images"
@@ -245,7 +276,6 @@ def test_real_photos_find_themselves(clip, shared_data, tmp_path):
     folder.mkdir()
     for path in sorted(photos.glob("*.jpg"))[:48]:
         shutil.copyfile(path, folder / path.name)
-    encoders = Encoders(clip, batch_size=16)
     index, update = search.update_index(folder, encoders, tmp_path / "index.npz", "float32")
     assert update.embedded == 48 and not update.skipped
     queries = index.paths[::12]
@@ -255,9 +285,9 @@ def test_real_photos_find_themselves(clip, shared_data, tmp_path):
         assert hits[1][1] < hits[0][1]
 
 
-def test_index_file_is_plain_numpy(clip, folder):
+def test_index_file_is_plain_numpy(clip, encoders, folder):
     """The index opens without pickles and its arrays line up."""
-    index, update = search.update_index(folder, Encoders(clip, 8), dtype="float32")
+    _, update = search.update_index(folder, encoders, dtype="float32")
     with np.load(io.BytesIO(update.path.read_bytes()), allow_pickle=False) as stored:
         assert set(stored.files) == {
             "version",
