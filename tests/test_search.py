@@ -162,9 +162,8 @@ def test_fingerprint_follows_the_image_side_only(clip):
     assert other_crop.image_fingerprint != clip.image_fingerprint
 
 
-def test_image_query_finds_itself_first_and_draws_a_grid(clip_run, folder, tmp_path, capsys):
+def test_image_query_finds_itself_first(clip_run, folder, capsys):
     query = folder / "test_000005.jpg"
-    grid = tmp_path / "hits.png"
     results = search.main(
         [
             f"--workdir={clip_run}",
@@ -172,7 +171,6 @@ def test_image_query_finds_itself_first_and_draws_a_grid(clip_run, folder, tmp_p
             f"--image={query}",
             "--top_k=4",
             "--batch_size=8",
-            f"--grid={grid}",
             "a red circle",
         ]
     )
@@ -186,8 +184,17 @@ def test_image_query_finds_itself_first_and_draws_a_grid(clip_run, folder, tmp_p
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "a red circle" and out[5] == str(query)
     assert out[6].split() == ["1", f"{image_hits[0][1]:.3f}", str(query)]
+
+
+def test_grid_is_a_png_of_the_hits(folder, tmp_path):
+    pytest.importorskip("matplotlib", reason="--grid draws with matplotlib")
+    grid = tmp_path / "hits.png"
+    hits = [("test_000001.jpg", 0.91), ("test_000002.jpg", 0.5), ("deleted.jpg", 0.25)]
+    search.write_grid(grid, folder, [("a red circle", hits), ("like test_000001.jpg", hits[:1])])
     with Image.open(grid) as image:
-        assert image.format == "PNG" and image.width > 200 and image.height > 200
+        assert image.format == "PNG"
+        # Two rows of three 1.9 x 2.2 inch cells at 100 dpi, and the row labels.
+        assert image.width >= 3 * 190 and image.height >= 2 * 200
 
 
 def _one_line_error(argv, capsys) -> str:
@@ -211,6 +218,7 @@ def _one_line_error(argv, capsys) -> str:
         ("unknown_tag", "has no weights 'nope'"),
         ("not_clip", "not a CLIP model"),
         ("no_model", "--workdir --weights is required"),
+        ("grid_not_png", "name a .png file"),
     ],
 )
 def test_bad_input_is_one_line(case, expected, clip_run, folder, tmp_path, capsys):
@@ -231,6 +239,7 @@ def test_bad_input_is_one_line(case, expected, clip_run, folder, tmp_path, capsy
         "unknown_tag": ["--weights=clip_vit_b32@nope", f"--images={folder}", "a dog"],
         "not_clip": ["--weights=resnet50@torchvision:IMAGENET1K_V2", f"--images={folder}", "x"],
         "no_model": [f"--images={folder}", "a dog"],
+        "grid_not_png": [model, f"--images={folder}", "--grid=hits.jpg", "a dog"],
     }[case]
     assert expected in _one_line_error(argv, capsys)
     assert not list(folder.glob(".jaxmm_search_*"))  # failed before indexing

@@ -19,7 +19,8 @@ two towers agree (with CLIP's modality gap, the two clouds sit apart).
 Files, for each step under `LOGDIR/projector/STEP/` (STEP zero-padded to 8 digits):
 - `tensors.tsv`: `N + M` rows (images first, then texts) of `E` tab-separated floats;
 - `metadata.tsv`: a header `caption<TAB>kind`, then one row per point (`kind` is `image`
-  or `text`; tabs and newlines in captions become spaces);
+  or `text`; in captions, each run of whitespace, tabs and line breaks included, becomes
+  one space);
 - `sprite.png`: the thumbnails in row-major order on a square canvas, one square tile per
   point (TensorBoard's projector wants square tiles and at most 8192 px a side: tiles
   shrink to fit, thumbnails are centred on their tile);
