@@ -275,11 +275,17 @@ def _load_weights(spec: str, mesh: Mesh) -> InferenceCLIP:
         raise ValueError(
             f"weights {spec}: {entry.model} is not a CLIP model; CLIP weights: {known}"
         )
+    tokenizer = load_clip_tokenizer()
+    if tokenizer.vocab_size > model.text_tower.vocab_size:  # checked before any download
+        raise ValueError(
+            f"weights {spec}: OpenAI's tokenizer makes {tokenizer.vocab_size} token ids, "
+            f"but the text tower of {entry.model} embeds {model.text_tower.vocab_size}"
+        )
     variables = jax.device_put(weights_lib.load(entry.model, entry.spec), sharding.replicated(mesh))
     return _make(
         model=model,
         variables=variables,
-        tokenizer=load_clip_tokenizer(),
+        tokenizer=tokenizer,
         image_size=_input_size(model, variables),
         mean=tuple(entry.mean),
         std=tuple(entry.std),
@@ -293,12 +299,13 @@ def _load_weights(spec: str, mesh: Mesh) -> InferenceCLIP:
 
 def _input_size(model: CLIP, variables: Any) -> int:
     """The image side a converted checkpoint was trained at: fixed by ModifiedResNet's field,
-    or by the number of ViT positional embeddings (`(S / patch)^2`, plus the class token)."""
+    or by the number of ViT positional embeddings, `(S / patch)^2` (plus one for the class
+    token, which leaves the integer square root unchanged)."""
     tower = model.image_tower
     if hasattr(tower, "image_size"):
         return int(tower.image_size)
     tokens = variables["params"]["image_tower"]["pos_embed"].shape[-2]
-    return math.isqrt(tokens - (tower.pool == "cls")) * tower.patch_size
+    return math.isqrt(tokens) * tower.patch_size
 
 
 def _make(*, architecture: dict[str, Any], **fields: Any) -> InferenceCLIP:

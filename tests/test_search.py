@@ -10,18 +10,22 @@ import pathlib
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
+from flax import linen as nn
 from ml_collections import ConfigDict
 from PIL import Image
 
 import jaxmm.train
 from configs import clip_small
-from jaxmm import cli, search, sharding
+from jaxmm import cli, convert, inference, search, sharding, weights
 from jaxmm.data import export, pipeline
+from jaxmm.data.image_ops import CLIP_MEAN, CLIP_STD
 from jaxmm.inference import Encoders, load_clip
+from jaxmm.models import create_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_IMAGES = 24
@@ -273,6 +277,56 @@ def test_command_on_one_device_reads_a_run_written_on_eight(clip_run, folder):
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         f"error: --images={folder / 'nope'}: no such folder"
     ]
+
+
+def test_published_weights_by_tag(folder, tmp_path, monkeypatch):
+    """A weights tag (here `clip_test@local`: random weights in open_clip's layout, served
+    from a file) brings its normalisation, crop and input size; its text tower must fit
+    OpenAI's tokenizer, which the registry's tiny CLIP does not."""
+    safetensors = pytest.importorskip("safetensors.numpy")
+    model = create_model("clip_test")
+    inputs = (np.zeros((1, 32, 32, 3), np.float32), np.zeros((1, 16), np.int32))
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs))
+    rng = np.random.default_rng(0)
+    random = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    file = tmp_path / "clip_test_local.safetensors"
+    safetensors.save_file(convert.to_torch("clip_test", random), str(file))
+    monkeypatch.setattr(weights, "_REGISTERED", {})
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    weights.register(
+        weights.Weights(
+            "clip_test",
+            "local",
+            file.as_uri(),
+            weights.sha256_of(file),
+            "open_clip",
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            crop_fraction=0.875,
+        )
+    )
+    with pytest.raises(ValueError, match="makes 49408 token ids, but the text tower"):
+        load_clip(weights="clip_test@local")
+    assert not (tmp_path / "cache").exists()  # refused before the download
+
+    # A stand-in that fits the tiny text tower; only image queries are made below.
+    monkeypatch.setattr(inference, "load_clip_tokenizer", lambda: SimpleNamespace(vocab_size=512))
+    clip = load_clip(weights="clip_test@local")
+    assert clip.source == "clip_test@local" and clip.context_length == 16
+    assert (clip.image_size, clip.mean, clip.std, clip.crop_fraction) == (
+        32,  # 4 x 4 patches of 8 px: 16 positions and the class token
+        CLIP_MEAN,
+        CLIP_STD,
+        0.875,
+    )
+    np.testing.assert_array_equal(
+        clip.variables["params"]["image_tower"]["pos_embed"],
+        random["params"]["image_tower"]["pos_embed"],
+    )
+    encoders = Encoders(clip, batch_size=8)
+    index, _ = search.update_index(folder, encoders, tmp_path / "index.npz", "float32")
+    query = encoders.images(clip.load_image(folder / "test_000003.jpg")[None])
+    assert search.search(index, query, top_k=1)[0][0][0] == "test_000003.jpg"
 
 
 def test_real_photos_find_themselves(clip, encoders, shared_data, tmp_path):
