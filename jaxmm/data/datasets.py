@@ -1,9 +1,10 @@
 """Finds and prepares the tfds builder named by a config's `data` section.
 
-`data.name` is one of jaxmm's own builders (the built-in `clip_shapes` and `vqa_shapes`, or
-the user-data builders `image_caption_file`, `coco_caption_files`, `image_folder` and
-`vqa_file`, configured by `data.builder_kwargs`), or the name of any tfds dataset the user
-has. Everything is prepared as array_record so grain can read it without TensorFlow.
+`data.name` is one of jaxmm's own builders (the built-in `clip_shapes`, `vqa_shapes` and
+`mm_shapes`, or the user-data builders `image_caption_file`, `coco_caption_files`,
+`image_folder`, `vqa_file` and `image_text_label_file`, configured by `data.builder_kwargs`),
+or the name of any tfds dataset the user has. Everything is prepared as array_record so grain
+can read it without TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
 from jaxmm.data.image_folder import ImageFolder
+from jaxmm.data.mm_shapes import MmShapes
 from jaxmm.data.shapes import ClipShapes
 from jaxmm.data.user_captions import CocoCaptions, ImageCaptionFile
+from jaxmm.data.user_image_text import ImageTextLabelFile
 from jaxmm.data.user_vqa import VqaFile
 from jaxmm.data.vqa_shapes import VqaShapes
 
@@ -27,9 +30,10 @@ USER_BUILDERS = {
     "coco_caption_files": CocoCaptions,
     "image_folder": ImageFolder,
     "vqa_file": VqaFile,
+    "image_text_label_file": ImageTextLabelFile,
 }
 # Procedural datasets generated on first use; `data.builder_kwargs` override their knobs.
-BUILT_IN = {"clip_shapes": ClipShapes, "vqa_shapes": VqaShapes}
+BUILT_IN = {"clip_shapes": ClipShapes, "vqa_shapes": VqaShapes, "mm_shapes": MmShapes}
 
 
 def get_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
@@ -61,9 +65,11 @@ def _user_builder(name: str, data_dir: str | None, kwargs: dict) -> tfds.core.Da
     # Configs use one set of fields for every layout: `path` is the caption file, the COCO
     # folder or JSON, or the image folder.
     if "path" not in kwargs:
-        what = {"image_folder": "image folder", "vqa_file": "question file"}.get(
-            name, "caption file"
-        )
+        what = {
+            "image_folder": "image folder",
+            "vqa_file": "question file",
+            "image_text_label_file": "image-text-label file",
+        }.get(name, "caption file")
         raise ValueError(f"data.builder_kwargs.path must name the {what} for {name!r}")
     # A mapping written in a config file (COCO's `{split: file}`) arrives as a ConfigDict,
     # which is not a `Mapping`; the builders take plain dicts.

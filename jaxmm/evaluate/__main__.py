@@ -54,11 +54,10 @@ def run_folder(checkpoint: pathlib.Path) -> pathlib.Path | None:
 
 
 def _task_workdir(config: ConfigDict, run: pathlib.Path | None, out: pathlib.Path) -> pathlib.Path:
-    """Where the task finds the run's tokenizer. A contrastive model trained with its own BPE
-    vocabulary is meaningless with any other, so one is never retrained for evaluation."""
-    needs_run_tokenizer = config.get("task", "contrastive") == "contrastive" and (
-        config.tokenizer.kind == "bpe"
-    )
+    """Where the task finds the run's tokenizer (and VQA's answer list). A text tower trained
+    with its own BPE vocabulary is meaningless with any other, so one is never retrained for
+    evaluation."""
+    needs_run_tokenizer = "tokenizer" in config and config.tokenizer.kind == "bpe"
     if needs_run_tokenizer and (run is None or not (run / tasks.TOKENIZER_FILE).is_file()):
         raise FileNotFoundError(
             f"the config's BPE tokenizer is learnt per run, but no {tasks.TOKENIZER_FILE} was "

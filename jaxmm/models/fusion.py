@@ -28,6 +28,8 @@ load into them) and one of three fusions, its parameters under the fusion's name
   (`text_pool='mean'`) or their EOT token (`'eot'`), joined by the image tokens' mean under
   co-attention, then the same MLP and classifier as `concat`. The blocks order their
   sublayers self -> cross -> MLP (the Transformer decoder's order); LXMERT puts cross first.
+- `image_only`, `text_only`: the baselines that show what fusion buys: `concat`'s MLP on one
+  tower's pooled features (the other tower is built, so its weights still load, but unused).
 
 Positions and types: a ViT's tokens already carry its learned positional embedding and the text
 tower's its own, so neither gets another. The tokens of towers without an absolute position
@@ -59,7 +61,7 @@ from jaxmm.models.vit import VisionTransformer
 
 Dtype = Any
 
-FUSIONS = ("concat", "bilinear", "xattn")
+FUSIONS = ("concat", "bilinear", "xattn", "image_only", "text_only")
 TEXT_POOLS = ("mean", "eot")
 # Image towers whose tokens already carry an absolute position embedding.
 _POSITIONED_TOWERS: tuple[type[nn.Module], ...] = (VisionTransformer,)
@@ -129,7 +131,8 @@ class ClassifierMlp(nn.Module):
 
 
 class ConcatFusion(nn.Module):
-    """Pooled image `[B, Di]` and text `[B, Dt]` features -> logits `[B, num_classes]`."""
+    """Pooled features by name (`image` `[B, Di]`, `text` `[B, Dt]`; one of them for the
+    single-modality baselines) -> logits `[B, num_classes]`."""
 
     hidden_dim: int
     num_classes: int
@@ -138,13 +141,13 @@ class ConcatFusion(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, image: jax.Array, text: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, sides: dict[str, jax.Array], *, train: bool) -> jax.Array:
         def side(x: jax.Array, name: str) -> jax.Array:
             # The towers' features differ in scale (a ViT's are normed, a ResNet's are not).
             x = layer_norm(1e-5, self.dtype, self.param_dtype, f"{name}_norm")(x)
             return _dense(self.hidden_dim, self.dtype, self.param_dtype, f"{name}_proj")(x)
 
-        x = jnp.concatenate([side(image, "image"), side(text, "text")], axis=-1)  # [B, 2 hidden]
+        x = jnp.concatenate([side(x, name) for name, x in sides.items()], axis=-1)  # [B, k hidden]
         x = _pooled_constraint(x)
         mlp = ClassifierMlp(
             self.hidden_dim,
@@ -284,7 +287,8 @@ class FusionClassifier(nn.Module):
         image_tower: a registry image model with `num_classes=0`; with `output_tokens=True`
             for `xattn`.
         text_tower: the text Transformer; with `output_tokens=True` for `xattn`.
-        fusion: 'concat', 'bilinear' or 'xattn' (the module docstring).
+        fusion: 'concat', 'bilinear', 'xattn', or a baseline 'image_only' / 'text_only'
+            (the module docstring).
         num_classes: answers or classes; 3,129 is the usual VQA v2 answer vocabulary (the
             answers given more than 8 times in training, Anderson et al. 2018); a trainer sizes
             it to its dataset.
@@ -342,7 +346,13 @@ class FusionClassifier(nn.Module):
             name=self.fusion,
         )
         if self.fusion == "concat":
-            return ConcatFusion(self.hidden_dim, **common)(image, text, train=train)
+            return ConcatFusion(self.hidden_dim, **common)(
+                dict(image=image, text=text), train=train
+            )
+        if self.fusion in ("image_only", "text_only"):
+            side = self.fusion.removesuffix("_only")
+            features = dict(image=image, text=text)[side]
+            return ConcatFusion(self.hidden_dim, **common)({side: features}, train=train)
         if self.fusion == "bilinear":
             fusion = BilinearFusion(self.bilinear_rank, factors=self.bilinear_factors, **common)
             return fusion(image, text, train=train)

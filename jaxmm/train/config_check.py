@@ -43,6 +43,7 @@ BASE_CONFIGS = {
     "contrastive": "configs.clip_small",
     "classification": "configs.resnet18_shapes",
     "vqa": "configs.vqa_xattn",
+    "image_text_classification": "configs.image_text_shapes",
 }
 # Sections whose keys the base configs do not fix (each is checked elsewhere, see above).
 FREE_FORM = frozenset({"model", "data.builder_kwargs", "optim.lr_multipliers"})

@@ -120,6 +120,7 @@ class VqaTask(FusionTask):
         super().__init__(config, builder, workdir)
         self.objective = objectives.SoftTargetClassification()
         self.example_fn = partial(vqa_example, task=self)
+        self.last_predictions: dict[str, list] | None = None  # of the last evaluation
 
     def class_names(self, workdir: pathlib.Path) -> tuple[str, ...]:
         """The answer vocabulary, saved with the run so a resumed or evaluated run keeps it."""
@@ -153,6 +154,25 @@ class VqaTask(FusionTask):
             return metrics
 
         return evaluate
+
+    def eval_samples(self, count: int = 8) -> list[tuple[np.ndarray, str]]:
+        """The last evaluation's first question of each of `count` images: the image and
+        "question / predicted / true answers", for TensorBoard."""
+        flat = self.last_predictions
+        if not flat:
+            return []
+        source = self.builder.as_data_source(self.config.eval.split)
+        images = flat["image_index"]
+        # Questions of one image are consecutive: take the first of each.
+        firsts = [q for q in range(len(images)) if q == 0 or images[q - 1] != images[q]]
+        samples = []
+        for q in firsts[:count]:
+            answers = ", ".join(flat["answers"][q])
+            text = (
+                f"Q: {flat['question'][q]}  \npredicted: {flat['prediction'][q]}  \ntrue: {answers}"
+            )
+            samples.append((np.asarray(source[images[q]]["image"]), text))
+        return samples
 
 
 def image_text_example(

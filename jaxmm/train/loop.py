@@ -173,6 +173,13 @@ class _StepLog:
         self.progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{img_per_s:.0f}")
 
 
+def write_samples(writer: MetricWriter, task: Any, step: int) -> None:
+    """TensorBoard's sample predictions of the last evaluation, for tasks that keep some
+    (`task.eval_samples()`: a question with its predicted and true answers, a caption)."""
+    if hasattr(task, "eval_samples"):
+        writer.write_samples(step, task.eval_samples())
+
+
 def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) -> dict[str, Any]:
     """`run` once the config is checked and the workdir is this run's alone."""
     builder = distributed.first_process_then_others(
@@ -281,6 +288,7 @@ def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) ->
                 raise Preempted(step)
             if evaluate_now:
                 writer.write(step, evaluate(state.variables))
+                write_samples(writer, task, step)
                 log.restart_clock()  # evaluation time is not training throughput
         finish_pending()
         progress.close()
@@ -292,6 +300,7 @@ def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) ->
             zeroshot = load_variables(config.init_from, task)
             eval_metrics |= evaluate_interpolations(evaluate, zeroshot, state.variables, alphas)
     writer.write(config.total_steps, eval_metrics)
+    write_samples(writer, task, config.total_steps)
     writer.close()
     if jax.process_index() == 0:
         (workdir / "final_metrics.json").write_text(json.dumps(eval_metrics, indent=2))

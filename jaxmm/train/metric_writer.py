@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
+import numpy as np
 from tensorboardX import SummaryWriter
 
 
@@ -36,6 +37,16 @@ class MetricWriter:
                 self._tensorboard.add_scalar(key, value, step)
         self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
         self._jsonl.flush()
+
+    def write_samples(self, step: int, samples: Sequence[tuple[np.ndarray, str]]) -> None:
+        """Example predictions for TensorBoard: each `(image uint8 [H, W, 3], text)` pair as an
+        image and a text entry under `samples/<i>` (not in metrics.jsonl: they are not numbers)."""
+        if not self.enabled:
+            return
+        for index, (image, text) in enumerate(samples):
+            self._tensorboard.add_image(f"samples/{index}", image, step, dataformats="HWC")
+            self._tensorboard.add_text(f"samples/{index}", text, step)
+        self._tensorboard.flush()
 
     def close(self) -> None:
         if self.enabled:

@@ -142,6 +142,11 @@ def load_variables(init_from: str, task: Any) -> dict[str, Any]:
             None loads a jaxmm run folder as saved.
     """
     model_name = None if task is None else task.model_name  # a run folder needs no task
+    if pretrained_subtrees(task):
+        # Towers of another model: `clip_vit_b32@openai` for a fusion model's towers.
+        entry = weights.resolve(init_from)
+        if entry is not None and entry.model != model_name:
+            return weights.load(entry.model, entry.tag)
     entry = weights.resolve(init_from, model_name)
     if entry is not None:
         return _from_torch(weights.load_state_dict(entry), task, entry.spec)
@@ -168,6 +173,45 @@ def load_variables(init_from: str, task: Any) -> dict[str, Any]:
     )
 
 
+def pretrained_subtrees(task: Any) -> tuple[str, ...]:
+    """The top-level parameter groups a task takes from another model's weights (a fusion
+    model's `image_tower` and `text_tower` from a CLIP); empty for tasks that load whole
+    models only."""
+    return tuple(getattr(task, "pretrained_subtrees", ()))
+
+
+def merge_subtrees(
+    init: Any, loaded: Any, subtrees: tuple[str, ...], source: str
+) -> dict[str, Any]:
+    """`init` with the `subtrees` of every collection (`params`, BatchNorm statistics)
+    replaced by `loaded`'s, which must fit them exactly; the rest of `init` stays fresh."""
+    init = nn.unbox(dict(init))
+    absent = [name for name in subtrees if name not in init.get("params", {})]
+    if absent:
+        raise ValueError(f"the run's model has no {', '.join(absent)} to load from {source}")
+    merged = {}
+    for collection, values in init.items():
+        values = dict(values)
+        for name in subtrees:
+            if name not in values:
+                continue  # a tower without this collection (no BatchNorm in a ViT)
+            if name not in loaded.get(collection, {}):
+                raise ValueError(f"init_from {source} has no {collection}/{name} for the run")
+            part = merge_pretrained(
+                {name: values[name]}, {name: loaded[collection][name]}, set(), source
+            )
+            values[name] = part[name]
+        merged[collection] = values
+    logging.info("init_from %s: loaded %s; the rest starts fresh", source, ", ".join(subtrees))
+    return merged
+
+
+def _holds_whole_model(init: Any, loaded: Any) -> bool:
+    """Whether `loaded` has every parameter of `init` (a checkpoint of the run's own model)."""
+    params = traverse_util.flatten_dict(nn.unbox(dict(init)).get("params", {}))
+    return set(params) <= set(traverse_util.flatten_dict(dict(loaded.get("params", {}))))
+
+
 def load_pretrained(init_from: str, task: Any, init_variables: Any) -> dict[str, Any]:
     """The run's initial variables: `init_variables` overwritten from `init_from`.
 
@@ -178,6 +222,13 @@ def load_pretrained(init_from: str, task: Any, init_variables: Any) -> dict[str,
             the new head).
     """
     loaded = load_variables(init_from, task)
-    entry = weights.resolve(init_from, task.model_name)
+    subtrees = pretrained_subtrees(task)
+    entry = weights.resolve(init_from, None if subtrees else task.model_name)
     source = entry.spec if entry is not None else str(pathlib.Path(init_from).expanduser())
+    # A checkpoint of the run's own model (to resume or evaluate) loads whole; another
+    # model's (a CLIP's) lends only its towers.
+    if subtrees:
+        if _holds_whole_model(init_variables, loaded):
+            return merge_pretrained(init_variables, loaded, set(), source)
+        return merge_subtrees(init_variables, loaded, subtrees, source)
     return merge_pretrained(init_variables, loaded, head_paths(task), source)

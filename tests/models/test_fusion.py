@@ -309,3 +309,18 @@ def test_new_parameters_carry_logical_axis_names(kind):
     for leaf in leaves:
         assert isinstance(leaf, nn.Partitioned), leaf
         assert len(leaf.names) == leaf.value.ndim, leaf
+
+
+@pytest.mark.parametrize("fusion, ignored", [("image_only", "tokens"), ("text_only", "images")])
+def test_single_modality_baselines_ignore_the_other_input(fusion, ignored):
+    model = create_model("fusion_test", fusion=fusion)
+    images, tokens = _inputs()
+    variables = _random_variables(model, images, tokens)
+    other_images = images[::-1] + 1.0
+    other_tokens = np.where(tokens > 0, (tokens * 7) % 500 + 1, 0).astype(np.int32)
+    other_tokens[tokens == EOT] = EOT
+    base = model.apply(variables, images, tokens)
+    same = dict(tokens=(images, other_tokens), images=(other_images, tokens))[ignored]
+    changed = dict(tokens=(other_images, tokens), images=(images, other_tokens))[ignored]
+    np.testing.assert_array_equal(model.apply(variables, *same), base)
+    assert not np.allclose(model.apply(variables, *changed), base)

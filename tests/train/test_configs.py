@@ -14,6 +14,7 @@ from configs import (
     clip_captions,
     clip_resnet50,
     clip_small,
+    image_text_shapes,
     mobilenet_v2_cifar10,
     resnet18_cifar10,
     resnet18_shapes,
@@ -41,6 +42,7 @@ CONFIGS = {
     "vgg16_imagenet": vgg16_imagenet,
     "resnet18_cifar10": resnet18_cifar10,
     "mobilenet_v2_cifar10": mobilenet_v2_cifar10,
+    "image_text_shapes": image_text_shapes,
     "vqa_concat": vqa_concat,
     "vqa_bilinear": vqa_bilinear,
     "vqa_xattn": vqa_xattn,
@@ -104,6 +106,10 @@ def test_smoke_setting_trains(name, tmp_path, data_dir):
         types = {key for key in metrics if key.startswith("vqa/accuracy_")}
         assert len(types) == 7 and 0 <= metrics["vqa/accuracy"] <= 1, metrics
         assert 0 <= metrics["vqa/heldout_accuracy"] <= 1
+        return
+    if config.task == "image_text_classification":
+        assert 0 <= metrics["eval/top1"] <= metrics["eval/top5"] <= 1
+        assert 0 <= metrics["eval/heldout_top1"] <= 1
         return
     if name in CLASSIFICATION:
         assert 0 <= metrics["eval/top1"] <= metrics["eval/top5"] <= 1

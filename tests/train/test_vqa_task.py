@@ -1,0 +1,144 @@
+"""The VQA task end to end: smoke training, the evaluation command, towers from a CLIP run,
+a user's JSONL of questions, the soft-target loss and the TensorBoard samples."""
+
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+from PIL import Image
+
+import jaxmm.train
+from configs import clip_small, vqa_xattn
+from jaxmm import sharding
+from jaxmm.data import datasets
+from jaxmm.evaluate import __main__ as evaluate_cli
+from jaxmm.train import tasks
+from jaxmm.train.metric_writer import MetricWriter
+from jaxmm.train.objectives import SoftTargetClassification
+from jaxmm.train.pretrained import load_variables
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def smoke_config(data_dir: str, **model):
+    config = vqa_xattn.get_config("smoke")
+    config.data.data_dir = data_dir
+    config.progress_bar = False
+    config.model.update(model)
+    return config
+
+
+@pytest.fixture(scope="module")
+def vqa_run(tmp_path_factory, data_dir) -> pathlib.Path:
+    workdir = tmp_path_factory.mktemp("vqa_run")
+    jaxmm.train.run(smoke_config(data_dir), workdir)
+    return workdir
+
+
+def test_evaluation_command_reproduces_the_runs_metrics(vqa_run, data_dir, tmp_path):
+    metrics = evaluate_cli.evaluate(smoke_config(data_dir), vqa_run, tmp_path)
+    final = json.loads((vqa_run / "final_metrics.json").read_text())
+    assert metrics == pytest.approx(final, abs=1e-6)
+    assert (vqa_run / "answers.txt").read_text().split("\n")[:2] == ["yes", "no"]
+
+
+def test_eval_samples_show_question_prediction_and_truth(vqa_run, data_dir, tmp_path):
+    config = smoke_config(data_dir)
+    task = tasks.make_task(config, datasets.prepare_builder(config.data), vqa_run)
+    variables = load_variables(str(vqa_run), task=None)
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    task.evaluator(mesh)(variables)
+    samples = task.eval_samples(4)
+    assert len(samples) == 4
+    for image, text in samples:
+        assert image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.uint8
+        assert text.startswith("Q: ") and "predicted: " in text and "true: " in text
+    writer = MetricWriter(tmp_path)
+    writer.write_samples(1, samples)
+    writer.close()
+    (events,) = (tmp_path / "tensorboard").iterdir()
+    assert events.stat().st_size > sum(image.size for image, _ in samples) // 10
+
+
+def test_towers_start_from_a_clip_run_and_the_rest_fresh(tmp_path, data_dir):
+    clip_config = clip_small.get_config("smoke")
+    clip_config.data.data_dir = data_dir
+    clip_config.progress_bar = False
+    jaxmm.train.run(clip_config, tmp_path / "clip")
+    config = smoke_config(
+        data_dir,
+        image=dict(clip_config.model.image),
+        text=dict(clip_config.model.text),
+    )
+    config.init_from = str(tmp_path / "clip")
+    config.total_steps = 1
+    config.optim.learning_rate = 0.0  # the loaded values stay as loaded
+    jaxmm.train.run(config, tmp_path / "vqa")
+    # The CLIP run's own tokenizer comes along: its text tower knows no other vocabulary.
+    assert (tmp_path / "vqa/tokenizer.json").read_bytes() == (
+        tmp_path / "clip/tokenizer.json"
+    ).read_bytes()
+    clip = traverse_util.flatten_dict(load_variables(str(tmp_path / "clip"), None)["params"])
+    vqa = traverse_util.flatten_dict(load_variables(str(tmp_path / "vqa"), None)["params"])
+    towers = {path for path in vqa if path[0] in ("image_tower", "text_tower")}
+    assert towers and len(towers) < len(vqa)
+    for path in towers:
+        np.testing.assert_array_equal(vqa[path], clip[path], err_msg="/".join(path))
+
+
+def write_questions(folder: pathlib.Path) -> pathlib.Path:
+    """A user's VQA file: 12 coloured images, two questions each, ten human answers."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for index in range(12):
+        colour = ("red", "green", "blue")[index % 3]
+        pixels = np.zeros((40, 40, 3), np.uint8)
+        pixels[..., index % 3] = 220
+        Image.fromarray(pixels + rng.integers(0, 30, pixels.shape, dtype=np.uint8)).save(
+            folder / f"{index}.jpg"
+        )
+        split = "validation" if index >= 9 else "train"
+        answers = [colour] * 7 + ["dark " + colour] * 3
+        lines.append(dict(image=f"{index}.jpg", question="What colour is it?", answers=answers))
+        # Longer than the context: cut and counted, never a crash.
+        long = "Is it " + " very" * 40 + " bright?"
+        lines.append(dict(image=f"{index}.jpg", question=long, answers=["yes"] * 10))
+        lines[-2]["split"] = lines[-1]["split"] = split
+    path = folder / "questions.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_a_users_jsonl_trains_and_scores_with_soft_accuracy(tmp_path):
+    config = smoke_config(str(tmp_path / "tfds"))
+    config.data.name = "vqa_file"
+    config.data.builder_kwargs.path = str(write_questions(tmp_path))
+    config.data.num_answers = 4
+    config.eval.split = "validation"
+    config.eval.batch_size = 8
+    metrics = jaxmm.train.run(config, tmp_path / "run")
+    assert metrics["vqa/truncated_questions"] == 3  # the 3 long validation questions
+    # Answers are scored against the ten humans: "red" (7 of 10) scores 1, "dark red" 0.9.
+    assert 0 <= metrics["vqa/accuracy"] <= 1
+    answers = (tmp_path / "run/answers.txt").read_text().split()
+    assert "yes" in answers and len((tmp_path / "run/answers.txt").read_text().splitlines()) == 4
+
+
+def test_soft_target_loss_by_hand():
+    logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [5.0, 0.0, 0.0]])
+    # Question 1: answers 0 (score 1.0) and 1 (0.3); question 2: answer 1 only; question 3:
+    # nothing in the vocabulary, so no weight.
+    targets = jnp.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    loss, metrics = SoftTargetClassification().loss(logits, {"targets": targets})
+    log_softmax = lambda z: z - np.log(np.exp(z).sum())  # noqa: E731
+    first = -(np.array([1.0, 0.3, 0]) / 1.3 * log_softmax(np.array([2.0, 0, 0]))).sum()
+    second = -log_softmax(np.array([0.0, 1, 0]))[1]
+    np.testing.assert_allclose(loss, (first + second) / 2, rtol=1e-6)
+    # Top answers 0, 1, 0 score 1.0, 1.0 and 0.0.
+    np.testing.assert_allclose(metrics["accuracy"], 2 / 3, rtol=1e-6)
