@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
         probe_split="validation",
         probe_val_fraction=0.2,
         probe_seed=0,
+        # Image and caption embeddings of this many evaluation examples for TensorBoard's
+        # embedding projector, with thumbnails and captions (0: none).
+        projector_samples=0,
     )
 
     if arg == "smoke":

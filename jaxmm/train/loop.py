@@ -174,10 +174,13 @@ class _StepLog:
 
 
 def write_samples(writer: MetricWriter, task: Any, step: int) -> None:
-    """TensorBoard's sample predictions of the last evaluation, for tasks that keep some
-    (`task.eval_samples()`: a question with its predicted and true answers, a caption)."""
+    """What TensorBoard shows of the last evaluation beside its numbers, for tasks that keep
+    it: sample predictions (`task.eval_samples()`: an image with its question and answers,
+    or its caption) and embeddings for the projector (`task.eval_projector()`)."""
     if hasattr(task, "eval_samples"):
         writer.write_samples(step, task.eval_samples())
+    if hasattr(task, "eval_projector") and (points := task.eval_projector()) is not None:
+        writer.write_projector(step, points)
 
 
 def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from jaxmm.evaluate.projector import write_projector
+
 
 class MetricWriter:
     def __init__(self, workdir: str | pathlib.Path):
@@ -47,6 +49,12 @@ class MetricWriter:
             self._tensorboard.add_image(f"samples/{index}", image, step, dataformats="HWC")
             self._tensorboard.add_text(f"samples/{index}", text, step)
         self._tensorboard.flush()
+
+    def write_projector(self, step: int, points: tuple) -> None:
+        """Image and text embeddings for TensorBoard's projector (`jaxmm.evaluate.projector`):
+        `points` is `(image embeddings, text embeddings, thumbnails, captions)`."""
+        if self.enabled:
+            write_projector(self._tensorboard.logdir, *points, step)
 
     def close(self) -> None:
         if self.enabled:

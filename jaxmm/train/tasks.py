@@ -20,11 +20,12 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxmm.data import pipeline
+from jaxmm.data import image_ops, pipeline
 from jaxmm.evaluate.classification import evaluate_classifier
-from jaxmm.evaluate.image_text import evaluate_image_text
+from jaxmm.evaluate.image_text import embed_images, embed_texts, evaluate_image_text
 from jaxmm.models import create_model
 from jaxmm.train import distributed, objectives
+from jaxmm.train.caption_task import CaptioningTask
 from jaxmm.train.fusion_tasks import ImageTextClassificationTask, VqaTask
 from jaxmm.train.steps import make_encoders, make_predict
 from jaxmm.train.task_common import (  # noqa: F401  (TOKENIZER_FILE: tasks.TOKENIZER_FILE)
@@ -84,19 +85,61 @@ class ContrastiveTask:
         eval_config = self.config.eval
 
         def evaluate(variables: Any) -> dict[str, float]:
-            return evaluate_image_text(
+            source = self.builder.as_data_source(eval_config.split)
+            metrics = evaluate_image_text(
                 lambda images: encode_image(variables, images),
                 lambda tokens: encode_text(variables, tokens),
                 self.tokenizer,
-                self.builder.as_data_source(eval_config.split),
+                source,
                 self.config.data,
                 class_names=pipeline.class_names(self.builder),
                 templates=eval_config.templates,
                 batch_size=eval_config.batch_size,
                 mesh=mesh,
             )
+            if count := eval_config.get("projector_samples", 0):
+                self.projector_points = projector_points(
+                    lambda images: encode_image(variables, images),
+                    lambda tokens: encode_text(variables, tokens),
+                    self.tokenizer,
+                    [source[i] for i in range(min(count, len(source)))],
+                    self.config.data,
+                    eval_config.batch_size,
+                )
+            return metrics
 
         return evaluate
+
+    def eval_projector(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
+        """The last evaluation's sample for TensorBoard's embedding projector, when the config
+        asks for one (`eval.projector_samples`)."""
+        return getattr(self, "projector_points", None)
+
+
+PROJECTOR_THUMBNAIL = 64  # pixels a side in the projector's sprite
+
+
+def projector_points(encode_image, encode_text, tokenizer, records, data_config, batch_size):
+    """`(image embeddings, caption embeddings, thumbnails, captions)` of `records` (each image
+    with its first caption) for `jaxmm.evaluate.projector.write_projector`."""
+    captions = [pipeline.as_text(record["captions"][0]) for record in records]
+    tokens = tokenizer(captions, context_length=data_config.context_length)
+    thumbnails = np.stack(
+        [
+            image_ops.crop_resize(
+                record["image"],
+                image_ops.center_crop_box(*record["image"].shape[:2], 1.0),
+                PROJECTOR_THUMBNAIL,
+            )
+            for record in records
+        ]
+    )
+    return (
+        embed_images(encode_image, records, data_config, batch_size),
+        embed_texts(encode_text, tokens, batch_size),
+        thumbnails,
+        captions,
+    )
 
 
 def dataset_num_classes(builder: tfds.core.DatasetBuilder, label_key: str) -> int:
@@ -158,6 +201,7 @@ TASKS = {
     "classification": ClassificationTask,
     "vqa": VqaTask,
     "image_text_classification": ImageTextClassificationTask,
+    "captioning": CaptioningTask,
 }
 
 

@@ -10,6 +10,8 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from PIL import Image
 
+import jaxmm.train
+from configs import clip_small
 from jaxmm.evaluate import projector
 
 N, M, E = 5, 7, 8
@@ -166,3 +168,20 @@ def test_inconsistent_inputs_are_refused(tmp_path, inputs, change, message):
     with pytest.raises(ValueError, match=message):
         projector.write_projector(tmp_path, **{**arguments, **change})
     assert not (tmp_path / projector.CONFIG_FILE).exists()
+
+
+def test_a_clip_run_writes_its_evaluation_embeddings_for_the_projector(tmp_path):
+    """`eval.projector_samples`: the trainer's evaluation writes that many images and their
+    captions, embedded by the run's model, beside the event files."""
+    config = clip_small.get_config("smoke")
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.progress_bar = False
+    config.eval.projector_samples = 10
+    jaxmm.train.run(config, tmp_path / "run")
+    logdir = tmp_path / "run" / "tensorboard"
+    assert "embeddings" in (logdir / "projector_config.pbtxt").read_text()
+    (step,) = (logdir / "projector").iterdir()
+    rows = (step / "tensors.tsv").read_text().splitlines()
+    assert len(rows) == 20 and len(rows[0].split("\t")) == config.model.embed_dim
+    kinds = [line.split("\t")[1] for line in (step / "metadata.tsv").read_text().splitlines()[1:]]
+    assert kinds == ["image"] * 10 + ["text"] * 10
