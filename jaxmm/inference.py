@@ -31,7 +31,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import linen as nn
 from flax import traverse_util
 from jax.sharding import Mesh
@@ -45,6 +44,7 @@ from jaxmm.data.tokenizer import Tokenizer, load_clip_tokenizer
 from jaxmm.evaluate.image_text import embed_texts
 from jaxmm.models import create_model
 from jaxmm.models.clip import CLIP, CLIP_VARIANTS
+from jaxmm.train.checkpoint import restore_variables
 from jaxmm.train.steps import make_encoders
 from jaxmm.train.tasks import TOKENIZER_FILE, clip_model_overrides
 
@@ -212,52 +212,6 @@ def _load_run(workdir: pathlib.Path, mesh: Mesh) -> InferenceCLIP:
         source=f"{workdir} (step {step})",
         architecture={"model": name, **image_side},
     )
-
-
-def restore_variables(directory: pathlib.Path, mesh: Mesh) -> tuple[dict[str, Any], int]:
-    """`(variables, step)` of the newest checkpoint under a run's `checkpoints` folder, each
-    array replicated over `mesh` (the optimizer state is not read).
-
-    The restore target takes its shapes from the checkpoint's own metadata and its shardings
-    from `mesh`: a checkpoint written on 8 devices restores on 1, and the other way round.
-
-    Raises:
-        FileNotFoundError: no complete checkpoint in `directory`.
-    """
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory.parent} has no checkpoint (no {directory.name}/)")
-    # Handlers for both items the trainer writes, so orbax can read their metadata.
-    manager = ocp.CheckpointManager(
-        directory.absolute(),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
-    )
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{directory} holds no complete checkpoint")
-        saved = manager.item_metadata(step)["state"]
-        replicated = sharding.replicated(mesh)
-        target = {
-            key: jax.tree.map(
-                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
-                saved[key],
-            )
-            for key in ("params", "model_state")
-            if key in saved
-        }
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=target,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True,  # params and model state; not the optimizer's
-                )
-            ),
-        )["state"]
-    finally:
-        manager.close()
-    return {"params": restored["params"], **restored.get("model_state", {})}, int(step)
 
 
 def clip_weights() -> list[str]:

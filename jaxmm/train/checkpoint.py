@@ -22,7 +22,11 @@ import contextlib
 import pathlib
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from jaxmm import sharding
 
 
 class CheckpointWriteError(RuntimeError):
@@ -126,3 +130,49 @@ class Checkpointer:
             raise CheckpointWriteError(
                 f"could not write checkpoint {step} to {self.directory / str(step)}: {error}"
             ) from error
+
+
+def restore_variables(directory: pathlib.Path, mesh: Mesh) -> tuple[dict[str, Any], int]:
+    """`(variables, step)` of the newest checkpoint under a run's `checkpoints` folder, each
+    array replicated over `mesh` (the optimizer state is not read).
+
+    The restore target takes its shapes from the checkpoint's own metadata and its shardings
+    from `mesh`: a checkpoint written on 8 devices restores on 1, and the other way round.
+
+    Raises:
+        FileNotFoundError: no complete checkpoint in `directory`.
+    """
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory.parent} has no checkpoint (no {directory.name}/)")
+    # Handlers for both items the trainer writes, so orbax can read their metadata.
+    manager = ocp.CheckpointManager(
+        directory.absolute(),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
+    )
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+        saved = manager.item_metadata(step)["state"]
+        replicated = sharding.replicated(mesh)
+        target = {
+            key: jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+                saved[key],
+            )
+            for key in ("params", "model_state")
+            if key in saved
+        }
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,  # params and model state; not the optimizer's
+                )
+            ),
+        )["state"]
+    finally:
+        manager.close()
+    return {"params": restored["params"], **restored.get("model_state", {})}, int(step)

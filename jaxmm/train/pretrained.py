@@ -28,9 +28,10 @@ from flax import linen as nn
 from flax import traverse_util
 from flax.core import meta
 
-from jaxmm import convert, weights
+from jaxmm import convert, sharding, weights
 from jaxmm.models import create_model
 from jaxmm.models.scan import match_layout
+from jaxmm.train.checkpoint import restore_variables
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 Path = tuple[str, ...]
@@ -73,19 +74,16 @@ def _from_torch(state_dict: dict[str, Any], task: Any, path: Any) -> dict[str, A
 
 
 def _from_orbax(path: pathlib.Path) -> dict[str, Any]:
-    """The params and model state of the newest checkpoint under a jaxmm run folder."""
+    """The params and model state of the newest checkpoint under a jaxmm run folder, on this
+    machine's devices whatever the run's were."""
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "model": 1})
     for directory in (path / "checkpoints", path):
-        if directory.is_dir():
-            manager = ocp.CheckpointManager(directory.absolute())
-            step = manager.latest_step()
-            if step is not None:
-                restored = manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-                )["state"]
-                manager.close()
-                logging.info("init_from: %s step %d", directory, step)
-                return {"params": restored["params"], **restored.get("model_state", {})}
-            manager.close()
+        try:
+            variables, step = restore_variables(directory, mesh)
+        except FileNotFoundError:  # not a checkpoints folder, or none complete in it
+            continue
+        logging.info("init_from: %s step %d", directory, step)
+        return variables
     # A single step's folder (`checkpoints/<step>`) holds the `state` item directly.
     if (path / "state").is_dir():
         restored = ocp.StandardCheckpointer().restore((path / "state").absolute())
