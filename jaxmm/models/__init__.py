@@ -20,6 +20,7 @@ from typing import Any
 from flax import linen as nn
 
 from jaxmm.models.alexnet import ALEXNET_VARIANTS, AlexNet
+from jaxmm.models.captioner import CAPTIONER_VARIANTS, CaptionDecoder, Captioner
 from jaxmm.models.clip import CLIP, CLIP_VARIANTS
 from jaxmm.models.fusion import FUSION_VARIANTS, FusionClassifier
 from jaxmm.models.mobilenet import (
@@ -59,7 +60,7 @@ _SHARED_FIELDS = ("dtype", "param_dtype")
 
 def list_models() -> list[str]:
     """All registered names, sorted."""
-    return sorted([*_REGISTRY, *CLIP_VARIANTS, *FUSION_VARIANTS])
+    return sorted([*_REGISTRY, *CLIP_VARIANTS, *FUSION_VARIANTS, *CAPTIONER_VARIANTS])
 
 
 def _module_fields(module: type[nn.Module]) -> set[str]:
@@ -122,6 +123,8 @@ def create_model(
         return _create_clip(name, **overrides)
     if name in FUSION_VARIANTS:
         return _create_fusion(name, **overrides)
+    if name in CAPTIONER_VARIANTS:
+        return _create_captioner(name, **overrides)
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     module, row = _REGISTRY[name]
@@ -205,3 +208,28 @@ def _create_fusion(
         raise ValueError(
             f"{name} (image tower {image_name!r}, text tower {text_name!r}): {e}"
         ) from None
+
+
+def _create_captioner(
+    name: str,
+    *,
+    image_tower: str | None = None,
+    image: Mapping[str, Any] | None = None,
+    decoder: Mapping[str, Any] | None = None,
+    **captioner_overrides: Any,
+) -> Captioner:
+    """A `Captioner`: its image tower built as CLIP's (`image_tower`/`image` overrides, the
+    same parameter tree) but returning tokens, and a decoder from the variant's fields
+    updated by `decoder`."""
+    variant = CAPTIONER_VARIANTS[name]
+    shared = {key: captioner_overrides[key] for key in _SHARED_FIELDS if key in captioner_overrides}
+    image_name = image_tower or variant["image_tower"]
+    image_base = variant.get("image", {}) if image_tower is None else {}
+    tower_overrides = {**image_base, **(image or {}), **shared}
+    tower = _create_tower(
+        name, "image", image_name, {**tower_overrides, "num_classes": 0, "output_tokens": True}
+    )
+    text = _build(CaptionDecoder, variant["decoder"], {**(decoder or {}), **shared}, name)
+    return _build(
+        Captioner, {}, {"image_tower": tower, "decoder": text, **captioner_overrides}, name
+    )

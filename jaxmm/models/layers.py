@@ -222,8 +222,47 @@ def dot_product_attention(
     return out[:, :length].reshape((*batch_shape, length, *out.shape[-2:]))
 
 
+def _append_to_cache(
+    module: nn.Module, key: jax.Array, value: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array] | None:
+    """Autoregressive decoding: keeps the keys and values of every position seen so far.
+
+    The call that creates the `cache` collection (`init`, or `apply(..., mutable=['cache'])`
+    on a module without one) sizes it by its input, `[B, max_length, H, Dh]`, and returns
+    None: that call attends causally over its own tokens. Every later call writes its T
+    keys/values at `cache_index` and returns the whole cache with the mask `[1, 1, T,
+    max_length]` of the positions each of its queries may read (its own and earlier ones).
+    Writing past `max_length` is not checked (XLA clamps the slice): callers bound the length.
+
+    Args:
+        module: the attention module owning the cache variables.
+        key: `[B, T, H, Dh]`.
+        value: `[B, T, H, Dh]`.
+    """
+    initialised = module.has_variable("cache", "cached_key")
+    cached_key = module.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = module.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    index = module.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not initialised:
+        return None
+    length, capacity = key.shape[1], cached_key.value.shape[1]
+    start = index.value
+    at = (0, start, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, at)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, at)
+    index.value = start + length
+    positions = start + jnp.arange(length)  # [T] of the queries
+    mask = jnp.arange(capacity)[None, :] <= positions[:, None]  # [T, max_length]
+    return cached_key.value, cached_value.value, mask[None, None]
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention over `[B, L, D]` (see `dot_product_attention` for the masks)."""
+    """Multi-head self-attention over `[B, L, D]` (see `dot_product_attention` for the masks).
+
+    With `decode=True` it attends over a key/value cache (`_append_to_cache`): one or a few
+    new tokens per call, each reading every earlier position, as a causal decoder generating
+    text does; the parameters are the same either way.
+    """
 
     num_heads: int
     dtype: Dtype = jnp.float32
@@ -233,7 +272,12 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, is_causal: bool = False
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        is_causal: bool = False,
+        *,
+        decode: bool = False,
     ) -> jax.Array:
         width = x.shape[-1]
         if width % self.num_heads:
@@ -247,6 +291,13 @@ class MultiHeadAttention(nn.Module):
             name="qkv",
         )(x)  # [B, L, 3, H, Dh]
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, Dh] each
+        if decode:
+            if mask is not None:
+                raise ValueError("decode=True builds its own mask from the cache; pass no mask")
+            cached = _append_to_cache(self, key, value)
+            if cached is not None:
+                key, value, mask = cached  # [B, max_length, H, Dh] x 2, [1, 1, L, max_length]
+                is_causal = False
         attended = dot_product_attention(
             query,
             key,
@@ -272,6 +323,10 @@ class CrossAttention(nn.Module):
 
     The output has the queries' width `D`; keys and values are projected from the context's
     own width, so towers of different widths meet without an adapter.
+
+    With `decode=True` the keys and values of the context are kept in the `cache` collection:
+    a call with the context projects and stores them, a call with `context=None` reads them,
+    so a decoder generating text projects the image once per sequence, not once per token.
     """
 
     num_heads: int
@@ -282,9 +337,17 @@ class CrossAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
+        self,
+        x: jax.Array,
+        context: jax.Array | None,
+        context_mask: jax.Array | None = None,
+        *,
+        decode: bool = False,
     ) -> jax.Array:
-        """`context_mask` `[B, S]` bool: False marks context positions no query may read."""
+        """`context_mask` `[B, S]` bool: False marks context positions no query may read.
+
+        `context` may be None only with `decode=True`, after a call that passed it.
+        """
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
@@ -297,14 +360,27 @@ class CrossAttention(nn.Module):
             name=name,
         )
         query = project((self.num_heads, head_dim), ("embed", "heads", "kv"), "query")(x)
-        key_value = project((2, self.num_heads, head_dim), ("embed", "qkv", "heads", "kv"), "kv")(
-            context
-        )  # [B, S, 2, H, Dh]
+        if context is None:
+            if not (decode and self.has_variable("cache", "cached_key")):
+                raise ValueError(
+                    "context=None reads the cached context: it needs decode=True and an "
+                    "earlier decode call that passed the context"
+                )
+            key = self.variable("cache", "cached_key").value  # [B, S, H, Dh]
+            value = self.variable("cache", "cached_value").value
+        else:
+            key_value = project(
+                (2, self.num_heads, head_dim), ("embed", "qkv", "heads", "kv"), "kv"
+            )(context)  # [B, S, 2, H, Dh]
+            key, value = key_value[:, :, 0], key_value[:, :, 1]
+            if decode:
+                for name, array in (("cached_key", key), ("cached_value", value)):
+                    self.variable("cache", name, lambda a=array: a).value = array
         mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, S]
         attended = dot_product_attention(
             query,
-            key_value[:, :, 0],
-            key_value[:, :, 1],
+            key,
+            value,
             mask=mask,
             implementation=self.implementation,
             pad_multiple=self.pad_multiple,
@@ -397,6 +473,8 @@ class CrossAttentionBlock(nn.Module):
 
     `mask` `[B, 1, T, T]` or `is_causal` restrict the self-attention (causal for a caption
     decoder, padding for question tokens); `context_mask` `[B, S]` hides context padding.
+    `decode=True` runs both attentions on their caches (`MultiHeadAttention`,
+    `CrossAttention`): a few new tokens per call, `context` None after the first call.
     """
 
     num_heads: int
@@ -412,19 +490,21 @@ class CrossAttentionBlock(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        context: jax.Array,
+        context: jax.Array | None,
         mask: jax.Array | None = None,
         context_mask: jax.Array | None = None,
+        *,
+        decode: bool = False,
     ) -> jax.Array:
         ln = lambda name: layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
         self_attention = MultiHeadAttention(
             self.num_heads, self.dtype, self.param_dtype, self.attention_impl, name="attn"
         )
-        x = x + self_attention(ln("ln_1")(x), mask, self.is_causal)
+        x = x + self_attention(ln("ln_1")(x), mask, self.is_causal, decode=decode)
         cross_attention = CrossAttention(
             self.num_heads, self.dtype, self.param_dtype, self.attention_impl, name="cross_attn"
         )
-        x = x + cross_attention(ln("ln_cross")(x), context, context_mask)
+        x = x + cross_attention(ln("ln_cross")(x), context, context_mask, decode=decode)
         x = x + MlpBlock(self.mlp_dim, self.activation, self.dtype, self.param_dtype, name="mlp")(
             ln("ln_2")(x)
         )
