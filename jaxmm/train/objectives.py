@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxmm import losses, ring_losses
 from jaxmm.models.clip import CLIPOutput
@@ -143,6 +144,38 @@ class SoftTargetClassification:
         top = jnp.argmax(outputs, axis=-1)[:, None]
         accuracy = jnp.take_along_axis(targets, top, axis=-1).mean()
         return loss, {"accuracy": accuracy}
+
+    def constrain(self, params: Any) -> Any:
+        return params
+
+
+class Captioning:
+    """Next-token cross-entropy with label smoothing on `{'image', 'tokens', 'targets'}`
+    batches: `tokens` `[B, L]` are the caption's inputs (SOT first), `targets` `[B, L]` the same
+    caption one token later; padding targets (id 0) carry no loss. `token_accuracy` is the
+    fraction of non-padding targets the logits rank first (teacher forcing)."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+        return batch["image"], batch["tokens"]
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        targets = batch["targets"]
+        logits = outputs.astype(jnp.float32)  # [B, L, V]
+        labels = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
+        if self.label_smoothing:
+            labels = optax.smooth_labels(labels, self.label_smoothing)
+        per_token = optax.softmax_cross_entropy(logits, labels)  # [B, L]
+        weights = (targets != 0).astype(jnp.float32)
+        count = jnp.maximum(weights.sum(), 1.0)
+        correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+        return (per_token * weights).sum() / count, {
+            "token_accuracy": (correct * weights).sum() / count
+        }
 
     def constrain(self, params: Any) -> Any:
         return params
