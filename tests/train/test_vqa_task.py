@@ -3,22 +3,26 @@ a user's JSONL of questions, the soft-target loss and the TensorBoard samples.""
 
 import json
 import pathlib
+import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import traverse_util
 from PIL import Image
 
 import jaxmm.train
 from configs import clip_small, vqa_xattn
-from jaxmm import sharding
+from jaxmm import convert, sharding, weights
 from jaxmm.data import datasets
 from jaxmm.evaluate import __main__ as evaluate_cli
+from jaxmm.models import create_model
 from jaxmm.train import tasks
 from jaxmm.train.metric_writer import MetricWriter
 from jaxmm.train.objectives import SoftTargetClassification
-from jaxmm.train.pretrained import load_variables
+from jaxmm.train.pretrained import load_pretrained, load_variables
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +146,38 @@ def test_soft_target_loss_by_hand():
     np.testing.assert_allclose(loss, (first + second) / 2, rtol=1e-6)
     # Top answers 0, 1, 0 score 1.0, 1.0 and 0.0.
     np.testing.assert_allclose(metrics["accuracy"], 2 / 3, rtol=1e-6)
+
+
+def test_towers_start_from_a_clip_weights_tag(tmp_path, monkeypatch):
+    """`init_from=clip_test@local` (random weights in open_clip's layout, served from a file)
+    for a fusion model with `clip_test`'s towers: the towers are the converted CLIP's, the
+    fusion keeps its fresh values."""
+    safetensors = pytest.importorskip("safetensors.numpy")
+    images, tokens = np.zeros((1, 32, 32, 3), np.float32), np.zeros((1, 16), np.int32)
+    clip = create_model("clip_test")
+    shapes = nn.unbox(jax.eval_shape(clip.init, jax.random.PRNGKey(0), images, tokens))
+    rng = np.random.default_rng(0)
+    random = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    file = tmp_path / "clip_test_local.safetensors"
+    safetensors.save_file(convert.to_torch("clip_test", random), str(file))
+    monkeypatch.setattr(weights, "_REGISTERED", {})
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    weights.register(
+        weights.Weights("clip_test", "local", file.as_uri(), weights.sha256_of(file), "open_clip")
+    )
+    fusion = create_model("fusion_test", fusion="concat")
+    task = types.SimpleNamespace(
+        model=fusion,
+        model_name="fusion_test",
+        model_overrides={"fusion": "concat"},
+        pretrained_subtrees=("image_tower", "text_tower"),
+        init_inputs=lambda: (images, tokens),
+    )
+    fresh = nn.unbox(fusion.init(jax.random.PRNGKey(1), images, tokens))
+    loaded = load_pretrained("clip_test@local", task, fresh)
+    flat_loaded = traverse_util.flatten_dict(loaded["params"])
+    flat_clip = traverse_util.flatten_dict(random["params"])
+    flat_fresh = traverse_util.flatten_dict(fresh["params"])
+    for path, value in flat_loaded.items():
+        expected = flat_clip[path] if path[0] in ("image_tower", "text_tower") else flat_fresh[path]
+        np.testing.assert_array_equal(value, expected, err_msg="/".join(path))
