@@ -37,6 +37,7 @@ flags.DEFINE_string("out", "", "Where to write the JSON (default benchmarks/resu
 flags.DEFINE_string("builder_config", "", "Override data.builder_config (experiments).")
 flags.DEFINE_multi_string("set", [], "Config overrides FIELD=VALUE (a Python literal or a string).")
 flags.DEFINE_string("label", "", "Names the result (default: the config).")
+flags.DEFINE_string("workdir", "", "Keep the run here (default: a temporary folder, deleted).")
 FLAGS = flags.FLAGS
 
 # What each benchmarked job promises (issue #2 for clip_small, issue #3 for resnet18_shapes).
@@ -92,10 +93,11 @@ def main(argv):
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="jaxmm_bench_"))
     if FLAGS.fresh_data:
         config.data.data_dir = str(scratch / "tfds")
+    workdir = pathlib.Path(FLAGS.workdir) if FLAGS.workdir else scratch / "workdir"
     start = time.perf_counter()
-    metrics = jaxmm.train.run(config, scratch / "workdir")
+    metrics = jaxmm.train.run(config, workdir)
     wall = time.perf_counter() - start
-    evaluations = curve(scratch / "workdir", config.batch_size)
+    evaluations = curve(workdir, config.batch_size)
     shutil.rmtree(scratch, ignore_errors=True)
 
     result = {

@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3
     config.eval.update(
-        dict(split="validation", batch_size=500, every=2000, beam_size=3, length_penalty=0.6)
+        dict(split="validation", batch_size=512, every=2000, beam_size=3, length_penalty=0.6)
     )
 
     if arg == "smoke":

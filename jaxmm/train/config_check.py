@@ -44,6 +44,7 @@ BASE_CONFIGS = {
     "classification": "configs.resnet18_shapes",
     "vqa": "configs.vqa_xattn",
     "image_text_classification": "configs.image_text_shapes",
+    "captioning": "configs.caption_small",
 }
 # Sections whose keys the base configs do not fix (each is checked elsewhere, see above).
 FREE_FORM = frozenset({"model", "data.builder_kwargs", "optim.lr_multipliers"})

@@ -10,6 +10,8 @@ from PIL import Image
 import jaxmm.train
 from configs import (
     alexnet_imagenet,
+    caption_coco,
+    caption_small,
     clip_b16,
     clip_captions,
     clip_resnet50,
@@ -31,6 +33,8 @@ from jaxmm.models import list_models
 
 CONFIGS = {
     "clip_small": clip_small,
+    "caption_small": caption_small,
+    "caption_coco": caption_coco,
     "clip_b16": clip_b16,
     "clip_captions": clip_captions,
     "clip_resnet50": clip_resnet50,
@@ -106,6 +110,10 @@ def test_smoke_setting_trains(name, tmp_path, data_dir):
         types = {key for key in metrics if key.startswith("vqa/accuracy_")}
         assert len(types) == 7 and 0 <= metrics["vqa/accuracy"] <= 1, metrics
         assert 0 <= metrics["vqa/heldout_accuracy"] <= 1
+        return
+    if config.task == "captioning":
+        for key in ("caption/bleu4", "caption/cider", "caption/attribute_accuracy"):
+            assert np.isfinite(metrics[key]) and metrics[key] >= 0, (key, metrics)
         return
     if config.task == "image_text_classification":
         assert 0 <= metrics["eval/top1"] <= metrics["eval/top5"] <= 1
