@@ -114,7 +114,6 @@ def test_context_is_read_from_the_cache_after_the_first_step():
     model = create_model("captioner_test")
     tokens = _tokens(16, 600)
     variables = nn.unbox(model.init(jax.random.PRNGKey(0), IMAGES, tokens))
-    context = model.apply(variables, IMAGES, method="encode")
     other = model.apply(variables, IMAGES[::-1], method="encode")
     # The second image's cached keys/values answer the later steps, whatever the caller holds.
     swapped = _decode_all(model, variables, tokens, other, [1, 15])
