@@ -9,6 +9,11 @@ Three sources are understood:
 - a jaxmm run (its workdir, its `checkpoints` folder, or one step's folder): the newest
   orbax checkpoint's parameters and model state (optimizer state is not carried over).
 
+Tasks built on another model's parts (a fusion model or a captioner on a CLIP's towers) name
+them in `pretrained_subtrees`: from a checkpoint of another model (a CLIP run, a CLIP weights
+tag) only those subtrees are loaded, and must fit exactly; the rest starts fresh. A
+checkpoint of the run's own model loads whole.
+
 When the run's classifier differs from the checkpoint's (another class count), the head is
 left at its fresh initialisation and everything else must match exactly: a missing,
 unexpected or mis-shaped body parameter is an error naming the file, never a silent
