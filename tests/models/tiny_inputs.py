@@ -11,7 +11,7 @@ def tiny_inputs(name: str, batch: int = 2) -> tuple[np.ndarray, ...]:
     images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
     tokens = rng.integers(1, 500, size=(batch, 16)).astype(np.int32)
     tokens[:, 10] = 511  # EOT: the largest id of the tiny text tower's vocabulary
-    if name.startswith(("clip", "fusion")):
+    if name.startswith(("clip", "fusion", "captioner")):
         return images, tokens
     if name.startswith("text"):
         return (tokens,)
