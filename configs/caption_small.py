@@ -10,9 +10,19 @@ evaluated by generating a caption for each of the test split's 4,800 images (gre
 `--config.eval.beam_size=3` for beam search) and scoring it with BLEU-1..4, ROUGE-L and
 CIDEr-D against the image's three captions, and by whether it names the image's colour and
 shape (`caption/attribute_accuracy`), also on the 8 colour-shape pairs never seen in training
-(`caption/heldout_attribute_accuracy`). See BENCHMARKS.md for measured numbers and time.
+(`caption/heldout_attribute_accuracy`).
 
-`--config.init_from=RUN` starts the image tower from a run of configs/clip_small.py.
+Measured on a 2-core CPU shared with other jobs (load average 3-5), 1,500 steps of 128:
+15.4 min, attribute accuracy 83.5%, but 17.5% on the held-out pairs (the colour is always
+right; the shape is that of a pair seen in training), BLEU-4 0.243, CIDEr-D 1.67. The image
+tower learnt from captions alone binds shape to colour. Starting it from a run of
+configs/clip_small.py and keeping it frozen (LiT-style) gives 94.6% and 77.9% held-out,
+BLEU-4 0.260, CIDEr-D 1.75 (22 min under that load):
+
+    python train.py --config=configs/clip_small.py --workdir=runs/clip_small
+    python train.py --config=configs/caption_small.py --workdir=runs/caption_small_clip \
+        --config.init_from=runs/clip_small "--config.optim.frozen=('image_tower',)"
+
 `--config=configs/caption_small.py:smoke` shrinks everything to a seconds-long run for tests.
 """
 
@@ -50,8 +60,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
         num_threads=2,
     )
     config.tokenizer = dict(kind="bpe", vocab_size=1024, merges_path="", train_on_examples=5000)
-    # Overrides of the captioner_small entry: `image` for the tower, `decoder` for the decoder.
-    config.model = dict(name="captioner_small", image={}, decoder={})
+    # The captioner_small entry's fields, listed so that `--config.model.decoder.depth=1` and
+    # the like work: `image` for the tower (configs/clip_small.py's), `decoder` for the decoder.
+    config.model = dict(
+        name="captioner_small",
+        image=dict(
+            patch_size=8, width=128, depth=4, num_heads=4, mlp_dim=256, pool="gap", stem="conv"
+        ),
+        decoder=dict(width=128, depth=2, num_heads=4, mlp_dim=256),
+    )
     config.optim = dict(
         name="adamw",
         learning_rate=2e-3,
