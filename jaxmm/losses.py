@@ -140,10 +140,11 @@ def siglip_loss(
     return -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / n
 
 
-def softmax_cross_entropy(
+def softmax_cross_entropy_per_example(
     logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
-    """Mean softmax cross-entropy against integer labels, with optional label smoothing.
+    """Softmax cross-entropy of each example against integer labels, with optional label
+    smoothing.
 
     With smoothing `a` the target is `(1 - a) * one_hot + a / C` (Szegedy et al. 2016;
     `optax.smooth_labels`, same as torch's `label_smoothing`).
@@ -154,14 +155,19 @@ def softmax_cross_entropy(
       label_smoothing: `a` in [0, 1).
 
     Returns:
-      Scalar float32 mean over the N examples.
+      `[N]` float32 losses.
     """
     logits = logits.astype(jnp.float32)
     if label_smoothing == 0.0:
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    else:
-        targets = optax.smooth_labels(
-            jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), label_smoothing
-        )
-        losses = optax.softmax_cross_entropy(logits, targets)
-    return jnp.mean(losses)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(
+        jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), label_smoothing
+    )
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Mean of `softmax_cross_entropy_per_example` over the N examples: scalar float32."""
+    return jnp.mean(softmax_cross_entropy_per_example(logits, labels, label_smoothing))

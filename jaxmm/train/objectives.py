@@ -110,8 +110,16 @@ class Classification:
     def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
         return tuple(batch[key] for key in self.input_keys)
 
+    def example_losses(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+        """`[B]` float32 loss of each example of `logits` `[B, C]` against int `labels` `[B]`.
+
+        `loss` is their mean; a mixed batch (MixUp/CutMix) weighs two calls of it, one per
+        label of each example.
+        """
+        return losses.softmax_cross_entropy_per_example(logits, labels, self.label_smoothing)
+
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        loss = losses.softmax_cross_entropy(outputs, batch["label"], self.label_smoothing)
+        loss = jnp.mean(self.example_losses(outputs, batch["label"]))
         accuracy = jnp.mean(jnp.argmax(outputs, axis=-1) == batch["label"])
         return loss, {"accuracy": accuracy}
 
@@ -145,6 +153,10 @@ class SoftTargetClassification:
         accuracy = jnp.take_along_axis(targets, top, axis=-1).mean()
         return loss, {"accuracy": accuracy}
 
+    def loss_weight(self, batch: Batch) -> jax.Array:
+        """What `loss` averages over: the answerable questions (gradient accumulation)."""
+        return (batch["targets"].sum(axis=-1) > 0).sum().astype(jnp.float32)
+
     def constrain(self, params: Any) -> Any:
         return params
 
@@ -176,6 +188,10 @@ class Captioning:
         return (per_token * weights).sum() / count, {
             "token_accuracy": (correct * weights).sum() / count
         }
+
+    def loss_weight(self, batch: Batch) -> jax.Array:
+        """What `loss` averages over: the non-padding target tokens (gradient accumulation)."""
+        return (batch["targets"] != 0).sum().astype(jnp.float32)
 
     def constrain(self, params: Any) -> Any:
         return params
