@@ -5,7 +5,10 @@ the three task-specific pieces, all pure functions of arrays:
 - `inputs(batch)`: the positional arguments of `model.apply`;
 - `loss(outputs, batch)`: the scalar loss and the metrics to log;
 - `constrain(params)`: a projection applied after each optimizer update (CLIP's temperature
-  clamp); the identity elsewhere.
+  clamp); the identity elsewhere;
+- optionally `loss_weight(batch)`: the count the loss is a mean over (examples, tokens), which
+  lets gradient accumulation weigh micro-batches exactly (`jaxmm.train.accumulation`);
+  objectives without it (contrastive ones) accumulate through cached outputs.
 """
 
 from __future__ import annotations
@@ -122,6 +125,10 @@ class Classification:
         loss = jnp.mean(self.example_losses(outputs, batch["label"]))
         accuracy = jnp.mean(jnp.argmax(outputs, axis=-1) == batch["label"])
         return loss, {"accuracy": accuracy}
+
+    def loss_weight(self, batch: Batch) -> jax.Array:
+        """What `loss` averages over: the examples (gradient accumulation)."""
+        return jnp.float32(batch["label"].shape[0])
 
     def constrain(self, params: Any) -> Any:
         return params
