@@ -51,6 +51,19 @@ def get_config(arg: str | None = None) -> ConfigDict:
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
         num_threads=2,
+        # Caption augmentation, EDA (jaxmm/data/text_augment.py): the probability that a caption
+        # gets each operation; alpha is the share of its words changed. synonyms: "shapes" (the
+        # built-in clip_shapes table), "file" (a .json/.tsv table at synonyms_path) or "wordnet"
+        # (WordNet's database folder at synonyms_path, "" = Debian's /usr/share/wordnet).
+        text_augment=dict(
+            synonym_replacement=0.0,
+            random_insertion=0.0,
+            random_swap=0.0,
+            random_deletion=0.0,
+            alpha=0.1,
+            synonyms="shapes",
+            synonyms_path="",
+        ),
     )
     # kind "bpe" trains a small BPE on the captions; "clip" is OpenAI's vocabulary, read from
     # merges_path ("" = the copy of bpe_simple_vocab_16e6.txt.gz shipped inside jaxmm).

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
-from jaxmm.data import image_ops
+from jaxmm.data import image_ops, text_augment
 from jaxmm.data.tokenizer import Tokenizer
 
 
@@ -55,11 +55,18 @@ def image_text_example(
     tokenizer: Tokenizer,
     config: ConfigDict,
 ) -> dict[str, np.ndarray]:
-    """One contrastive training example: the augmented image and one random caption."""
+    """One contrastive training example: the augmented image and one random caption.
+
+    The caption goes through EDA (`jaxmm/data/text_augment.py`) when `config.text_augment`
+    turns an operation on.
+    """
     # The image draws from `rng` first: changing the order would change every run's stream.
     image = augment_image(example["image"], rng, config)
     captions = example["captions"]
     caption = as_text(captions[rng.integers(len(captions))])
+    # Off (the default) draws nothing from `rng`, so existing runs keep their stream.
+    if augment_text := text_augment.from_config(config.get("text_augment")):
+        caption = augment_text(caption, rng)
     return {"image": image, "tokens": tokenizer(caption, context_length=config.context_length)[0]}
 
 
