@@ -51,6 +51,16 @@ def get_config(arg: str | None = None) -> ConfigDict:
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
         num_threads=2,
+        # Per-example augmentation (jaxmm/data/augment.py), all off: crop_padding > 0 pads and
+        # crops at random instead of the resized crop; color_jitter = (brightness, contrast,
+        # saturation, hue) strengths; randaugment a timm spec such as "rand-m9-mstd0.5";
+        # random erasing with erase_mode "pixel", "rand" or "const".
+        crop_padding=0,
+        color_jitter=(0.0, 0.0, 0.0, 0.0),
+        color_jitter_random_order=False,
+        randaugment="",
+        erase_prob=0.0,
+        erase_mode="pixel",
         # Caption augmentation, EDA (jaxmm/data/text_augment.py): the probability that a caption
         # gets each operation; alpha is the share of its words changed. synonyms: "shapes" (the
         # built-in clip_shapes table), "file" (a .json/.tsv table at synonyms_path) or "wordnet"

@@ -49,6 +49,24 @@ def get_config(arg: str | None = None) -> ConfigDict:
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
         num_threads=2,
+        # Per-example augmentation (jaxmm/data/augment.py), all off: crop_padding > 0 pads and
+        # crops at random instead of the resized crop; color_jitter = (brightness, contrast,
+        # saturation, hue) strengths; randaugment a timm spec such as "rand-m9-mstd0.5";
+        # random erasing with erase_mode "pixel", "rand" or "const".
+        crop_padding=0,
+        color_jitter=(0.0, 0.0, 0.0, 0.0),
+        color_jitter_random_order=False,
+        randaugment="",
+        erase_prob=0.0,
+        erase_mode="pixel",
+        # Batch augmentation (jaxmm/data/batch_augment.py), off: MixUp/CutMix Beta alphas, the
+        # probability of mixing a pair and of CutMix when both are on; repeated_augmentations
+        # copies of each image per batch (DeiT uses 3).
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        mix_prob=1.0,
+        mix_switch_prob=0.5,
+        repeated_augmentations=1,
     )
     config.model = dict(name="resnet18", width=16, stem="cifar")
     config.optim = dict(

@@ -56,6 +56,22 @@ def random_resized_crop_box(
     return left, top, left + crop_w, top + crop_h
 
 
+def pad(image: np.ndarray, padding: int) -> np.ndarray:
+    """`[H, W, C]` with `padding` black pixels on every side (torchvision's `fill=0`)."""
+    return np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+
+
+def random_crop_box(
+    rng: np.random.Generator, height: int, width: int, size: int
+) -> tuple[int, int, int, int]:
+    """A `size` x `size` box `(left, top, right, bottom)` uniformly placed inside the image."""
+    if size > min(height, width):
+        raise ValueError(f"cannot crop {size}x{size} out of a {height}x{width} image")
+    top = int(rng.integers(0, height - size + 1))
+    left = int(rng.integers(0, width - size + 1))
+    return left, top, left + size, top + size
+
+
 def center_crop_box(height: int, width: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
     """The central square spanning `fraction` of the shorter side, `(left, top, right, bottom)`."""
     if not 0 < fraction <= 1:

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
-from jaxmm.data import image_ops, text_augment
+from jaxmm.data import augment, batch_augment, image_ops, text_augment
 from jaxmm.data.tokenizer import Tokenizer
 
 
@@ -38,14 +38,14 @@ def as_text(value: bytes | str) -> str:
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, config: ConfigDict) -> np.ndarray:
-    """Training view of `uint8 [H, W, 3]`: random-resized crop, optional flip, normalise."""
-    box = image_ops.random_resized_crop_box(
-        rng, image.shape[0], image.shape[1], tuple(config.crop_scale), tuple(config.crop_ratio)
-    )
-    image = image_ops.crop_resize(image, box, config.image_size)
+    """Training view of `uint8 [H, W, 3]`: random-resized (or padded random) crop, optional
+    flip, ColorJitter, RandAugment, normalise, random erasing; the optional steps are
+    `config`'s switches described in `jaxmm.data.augment`, all off by default."""
+    image = augment.crop(image, rng, config)
     if config.flip and rng.random() < 0.5:
         image = image[:, ::-1]
-    return image_ops.normalize(image, config.mean, config.std)
+    image = augment.photometric(image, rng, config)
+    return augment.erase(image_ops.normalize(image, config.mean, config.std), rng, config)
 
 
 def image_text_example(
@@ -97,8 +97,10 @@ def _train_batch(
     source: Sequence[dict[str, Any]],
     example_fn: ExampleFn,
     process_slice: slice,
+    mixing: batch_augment.Mixing | None = None,
 ) -> dict[str, np.ndarray]:
-    """This process's part of one global batch of `indices`, read and augmented."""
+    """This process's part of one global batch of `indices`, read, augmented and, with
+    `mixing`, MixUp/CutMix-ed in pairs (`jaxmm.data.batch_augment`)."""
     # One seed per example of the *global* batch, drawn before slicing, so an example's
     # augmentation is the same whichever process reads it.
     seeds = rng.integers(2**63, size=len(indices))[process_slice]
@@ -106,7 +108,15 @@ def _train_batch(
         example_fn(example, np.random.default_rng(seed))
         for example, seed in zip(_read_batch(source, indices[process_slice]), seeds, strict=True)
     ]
-    return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+    batch = {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+    if mixing is None:
+        return batch
+    # Drawn after the examples' seeds, so they are unchanged; one per pair of the global batch.
+    pair_seeds = rng.integers(2**63, size=len(indices) // 2)
+    pairs = slice(process_slice.start // 2, process_slice.stop // 2)
+    return batch_augment.mix_batch(
+        batch, [np.random.default_rng(seed) for seed in pair_seeds[pairs]], mixing
+    )
 
 
 def eval_image(image: np.ndarray, config: ConfigDict) -> np.ndarray:
@@ -120,6 +130,25 @@ def eval_image(image: np.ndarray, config: ConfigDict) -> np.ndarray:
     return image_ops.normalize(
         image_ops.crop_resize(image, box, config.image_size), config.mean, config.std
     )
+
+
+def _checked_augmentation(
+    source: Sequence[dict[str, Any]],
+    example_fn: ExampleFn,
+    config: ConfigDict,
+    batch_size: int,
+    local_batch: int,
+) -> tuple[batch_augment.Mixing | None, int]:
+    """The batch-level augmentation (mixing, repeat count), every augmentation setting
+    checked here, so that a bad one fails now with one line, not later in a reader thread."""
+    augment.check(config)
+    mixing = batch_augment.Mixing.from_config(config)
+    repeats = batch_augment.repeats(config, batch_size)
+    batch_augment.check_pairs(mixing, local_batch)
+    if mixing is not None or repeats > 1:  # only image classification examples may be mixed
+        first = example_fn(source[0], np.random.default_rng(0))
+        batch_augment.check_example(first, mixing, repeats)
+    return mixing, repeats
 
 
 def train_iterator(
@@ -148,19 +177,22 @@ def train_iterator(
     if batch_size % process_count:
         raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes")
     local = batch_size // process_count
+    mixing, repeats = _checked_augmentation(source, example_fn, config, batch_size, local)
     # Shuffle and batch example *indices*, then read and augment this process's part of
     # each batch at once; grain seeds each batch's generator from (seed, batch position).
     dataset = (
         grain.MapDataset.range(len(source))
         .shuffle(seed=seed)
         .repeat()
-        .batch(batch_size, drop_remainder=True)
+        .batch(batch_augment.distinct_per_batch(batch_size, repeats), drop_remainder=True)
+        .map(partial(batch_augment.repeat_in_batch, count=repeats, batch_size=batch_size))
         .random_map(
             partial(
                 _train_batch,
                 source=source,
                 example_fn=example_fn,
                 process_slice=slice(process_index * local, (process_index + 1) * local),
+                mixing=mixing,
             ),
             seed=seed,
         )

@@ -430,10 +430,36 @@ class MlpBlock(nn.Module):
         )(x)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: each sample's branch is zeroed with probability `rate` and the kept
+    ones scaled by `1 / (1 - rate)`.
+
+    The same draws as `nn.Dropout(rate, broadcast_dims=(1, ..., ndim - 1))` of the same name,
+    but the rate is a call argument, so a scanned stack can feed each block its own (traced)
+    rate.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rate, *, train: bool) -> jax.Array:
+        if not train or (isinstance(rate, float | int) and rate == 0):
+            return x
+        keep = 1.0 - rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one draw per example
+        draw = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jax.lax.select(jnp.broadcast_to(draw, x.shape), x / keep, jnp.zeros_like(x))
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block stochastic depth, rising linearly from 0 to `rate` (timm's `dpr` list)."""
+    return [rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
 class EncoderBlock(nn.Module):
     """Pre-LN residual block: `x + attn(ln(x))`, then `x + mlp(ln(x))`.
 
     With `scanned=True` it returns `(x, None)`, the `(carry, output)` pair `nn.scan` expects.
+    `drop_path` (a call argument, so a scan can give each layer its own) is the stochastic
+    depth rate of both branches when `train` is set.
     """
 
     num_heads: int
@@ -446,9 +472,10 @@ class EncoderBlock(nn.Module):
     scanned: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    train: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, drop_path=0.0):
         ln = lambda name: layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
         attention = MultiHeadAttention(
             self.num_heads,
@@ -458,10 +485,12 @@ class EncoderBlock(nn.Module):
             self.attention_pad_multiple,
             name="attn",
         )
-        x = x + attention(ln("ln_1")(x), mask, self.is_causal)
-        x = x + MlpBlock(self.mlp_dim, self.activation, self.dtype, self.param_dtype, name="mlp")(
+        y = attention(ln("ln_1")(x), mask, self.is_causal)
+        x = x + DropPath(name="drop_path1")(y, drop_path, train=self.train)
+        y = MlpBlock(self.mlp_dim, self.activation, self.dtype, self.param_dtype, name="mlp")(
             ln("ln_2")(x)
         )
+        x = x + DropPath(name="drop_path2")(y, drop_path, train=self.train)
         x = nn.with_logical_constraint(x, ("batch", "act_length", "act_embed"))
         return (x, None) if self.scanned else x
 
@@ -564,6 +593,8 @@ class Encoder(nn.Module):
     `scan_layers` one scanned `blocks` whose parameters are stacked along a `layers` axis.
 
     `remat` ('none' or a `REMAT_POLICIES` key) trades recomputation for activation memory.
+    `drop_path_rate` is the stochastic depth of the last block, rising linearly from 0 at the
+    first (timm's ViT schedule); it acts only with `train`, drawing from the `'dropout'` rng.
     """
 
     depth: int
@@ -578,6 +609,8 @@ class Encoder(nn.Module):
     remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    drop_path_rate: float = 0.0
+    train: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -592,13 +625,22 @@ class Encoder(nn.Module):
             attention_pad_multiple=self.attention_pad_multiple,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            train=self.train,
         )
+        # Without stochastic depth the blocks get no rate at all: nothing draws, nothing traces.
+        rates = drop_path_rates(self.drop_path_rate, self.depth) if self.drop_path_rate else None
         if self.scan_layers:
-            stack = scanned_stack(block, self.depth)
-            x, _ = stack(**fields, scanned=True, name="blocks")(x, mask)
+            if rates is None:
+                stack = scanned_stack(block, self.depth)
+                x, _ = stack(**fields, scanned=True, name="blocks")(x, mask)
+            else:
+                stack = scanned_stack(block, self.depth, in_axes=(nn.broadcast, 0))
+                rates = jnp.asarray(rates, jnp.float32)
+                x, _ = stack(**fields, scanned=True, name="blocks")(x, mask, rates)
             return x
         for index in range(self.depth):
-            x = block(**fields, name=f"block_{index}")(x, mask)
+            extra = () if rates is None else (rates[index],)
+            x = block(**fields, name=f"block_{index}")(x, mask, *extra)
         return x
 
 

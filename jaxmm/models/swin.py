@@ -36,6 +36,7 @@ from flax import linen as nn
 
 from jaxmm.models.layers import (
     DenseNd,
+    DropPath,
     MlpBlock,
     classifier_head,
     dot_product_attention,
@@ -151,23 +152,6 @@ class WindowAttention(nn.Module):
             param_dtype=self.param_dtype,
             name="proj",
         )(attended)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: each sample's branch is zeroed with probability `rate` and the kept
-    ones scaled by `1 / (1 - rate)`.
-
-    The same draws as `nn.Dropout(rate, broadcast_dims=(1, 2, 3))` of the same name, but the
-    rate is a call argument, so a scanned stage can feed each block its own (traced) rate.
-    """
-
-    @nn.compact
-    def __call__(self, x: jax.Array, rate, *, train: bool) -> jax.Array:
-        if not train or (isinstance(rate, float | int) and rate == 0):
-            return x
-        keep = 1.0 - rate
-        draw = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0], 1, 1, 1))
-        return jax.lax.select(jnp.broadcast_to(draw, x.shape), x / keep, jnp.zeros_like(x))
 
 
 class SwinBlock(nn.Module):

@@ -54,6 +54,9 @@ class VisionTransformer(nn.Module):
     remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # Stochastic depth of the last block (linear from 0 at the first, as timm; DeiT-B: 0.1),
+    # in training only; it draws from the 'dropout' rng.
+    drop_path_rate: float = 0.0
 
     def _conv(self, features: int, kernel: int, stride: int, padding, bias: bool, name: str):
         return nn.Conv(
@@ -91,7 +94,6 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        del train  # no dropout or batch statistics in this model
         if self.pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
         if self.output_tokens and self.num_classes:
@@ -140,6 +142,8 @@ class VisionTransformer(nn.Module):
             remat=self.remat,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            drop_path_rate=self.drop_path_rate,
+            train=train,
             name="encoder",
         )(x)
 

@@ -122,7 +122,14 @@ class Classification:
         return losses.softmax_cross_entropy_per_example(logits, labels, self.label_smoothing)
 
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        loss = jnp.mean(self.example_losses(outputs, batch["label"]))
+        per_example = self.example_losses(outputs, batch["label"])
+        if "mix_lambda" in batch:  # MixUp/CutMix (jaxmm/data/batch_augment.py): two labels each
+            lam = batch["mix_lambda"]
+            per_example = lam * per_example + (1 - lam) * self.example_losses(
+                outputs, batch["mix_label"]
+            )
+        loss = jnp.mean(per_example)
+        # On a mixed batch this counts the example's own label (the larger share or not).
         accuracy = jnp.mean(jnp.argmax(outputs, axis=-1) == batch["label"])
         return loss, {"accuracy": accuracy}
 
