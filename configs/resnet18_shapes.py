@@ -30,6 +30,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.mesh_rules = configs.MESH_RULES
     config.distributed = configs.DISTRIBUTED
     config.label_smoothing = 0.0
+    # The loss for class imbalance (jaxmm/train/classification_losses.py): name is one of
+    # softmax_ce, focal, sigmoid_focal, class_balanced (weighs `base`), logit_adjusted.
+    config.classification_loss = dict(
+        name="softmax_ce", base="softmax_ce", gamma=2.0, alpha=0.25, beta=0.9999, tau=1.0
+    )
     # WiSE-FT (jaxmm/train/wise.py): with init_from, also evaluate (1 - a) * start + a * tuned.
     config.wise_alpha = (1.0,)
 
@@ -41,6 +46,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
         data_dir="",  # empty: the tfds default, ~/tensorflow_datasets
         train_split="train",
         label_key="label",
+        # How often each class is drawn (jaxmm/data/sampling.py): uniform (every example once
+        # an epoch), sqrt or class_balanced (with replacement, by data.label_key).
+        sampling="uniform",
         image_size=32,
         crop_scale=(0.7, 1.0),
         crop_ratio=(3 / 4, 4 / 3),

@@ -171,3 +171,101 @@ def softmax_cross_entropy(
 ) -> jax.Array:
     """Mean of `softmax_cross_entropy_per_example` over the N examples: scalar float32."""
     return jnp.mean(softmax_cross_entropy_per_example(logits, labels, label_smoothing))
+
+
+# ----------------------------------------------------------------------------- class imbalance
+#
+# Per-example losses for long-tailed classification, `[N, C]` logits against `[N]` int labels,
+# all in float32. A class the training split lacks (count 0) counts as one example in the
+# class statistics below, so its weight and log-prior stay finite.
+
+
+def softmax_focal_loss(logits: jax.Array, labels: jax.Array, gamma: float = 2.0) -> jax.Array:
+    """Softmax focal loss `-(1 - p_y)^gamma * log p_y` of each example (Lin et al. 2017,
+    "Focal Loss for Dense Object Detection", eq. 4 on the softmax probability of the label).
+
+    `gamma = 0` is the cross-entropy. The paper's `alpha_t` is a per-class weight here:
+    multiply by `class_balanced_weights` (or any `[C]` weights) taken at the labels.
+
+    Returns:
+      `[N]` float32 losses.
+    """
+    log_p = jnp.take_along_axis(
+        jax.nn.log_softmax(logits.astype(jnp.float32)), labels[:, None], axis=-1
+    )[:, 0]
+    # -expm1(log p) is 1 - p without cancellation when p is close to 1.
+    return -((-jnp.expm1(log_p)) ** gamma) * log_p
+
+
+def sigmoid_focal_loss(
+    logits: jax.Array, labels: jax.Array, gamma: float = 2.0, alpha: float = 0.25
+) -> jax.Array:
+    """Sigmoid focal loss of each example: C independent binary problems, label one-hot,
+    summed over the classes (Lin et al. 2017, eq. 5; torchvision's `sigmoid_focal_loss`).
+
+    `alpha` weighs the positive term and `1 - alpha` the negatives; a negative `alpha`
+    weighs neither (torchvision's convention).
+
+    Returns:
+      `[N]` float32 losses.
+    """
+    logits = logits.astype(jnp.float32)
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    p = jax.nn.sigmoid(logits)
+    cross_entropy = optax.sigmoid_binary_cross_entropy(logits, targets)
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = cross_entropy * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss.sum(axis=-1)
+
+
+def class_balanced_weights(class_counts: jax.Array, beta: float) -> jax.Array:
+    """`[C]` float32 class weights from the effective number of samples (Cui et al. 2019,
+    "Class-Balanced Loss Based on Effective Number of Samples", eq. 6 and section 4).
+
+    `w_c = (1 - beta) / (1 - beta^n_c)`, scaled so that they sum to C. `beta = 0` weighs all
+    classes alike; `beta -> 1` tends to inverse class frequency.
+    """
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    counts = jnp.maximum(jnp.asarray(class_counts, jnp.float32), 1.0)
+    # E_n = (1 - beta^n) / (1 - beta), with 1 - beta^n as -expm1(n log beta): beta = 0.9999
+    # would lose digits otherwise (beta = 0: log 0 = -inf gives E_n = 1, as it should).
+    effective_number = -jnp.expm1(counts * jnp.log(beta)) / (1 - beta)
+    weights = 1.0 / effective_number
+    return weights * (counts.shape[0] / weights.sum())
+
+
+def log_class_priors(class_counts: jax.Array) -> jax.Array:
+    """`[C]` float32 log of each class's share of the training split."""
+    counts = jnp.maximum(jnp.asarray(class_counts, jnp.float32), 1.0)
+    return jnp.log(counts) - jnp.log(counts.sum())
+
+
+def logit_adjusted_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    log_priors: jax.Array,
+    tau: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> jax.Array:
+    """Logit-adjusted softmax cross-entropy of each example (Menon et al. 2021, "Long-Tail
+    Learning via Logit Adjustment", eq. 10): the cross-entropy of `logits + tau * log pi`.
+
+    Training against the prior-shifted logits makes the unshifted ones, used at test time,
+    estimate the balanced (class-uniform) posterior; `tau = 1` is Bayes-consistent for the
+    balanced error.
+
+    Args:
+      logits: `[N, C]`.
+      labels: `[N]` int.
+      log_priors: `[C]` log class priors of the training split (`log_class_priors`).
+      tau: scale of the adjustment.
+      label_smoothing: as in `softmax_cross_entropy_per_example`.
+
+    Returns:
+      `[N]` float32 losses.
+    """
+    shifted = logits.astype(jnp.float32) + tau * jnp.asarray(log_priors, jnp.float32)
+    return softmax_cross_entropy_per_example(shifted, labels, label_smoothing)

@@ -1,10 +1,10 @@
 """Finds and prepares the tfds builder named by a config's `data` section.
 
-`data.name` is one of jaxmm's own builders (the built-in `clip_shapes`, `vqa_shapes` and
-`mm_shapes`, or the user-data builders `image_caption_file`, `coco_caption_files`,
-`image_folder`, `vqa_file` and `image_text_label_file`, configured by `data.builder_kwargs`),
-or the name of any tfds dataset the user has. Everything is prepared as array_record so grain
-can read it without TensorFlow.
+`data.name` is one of jaxmm's own builders (the built-in `clip_shapes`, `vqa_shapes`,
+`mm_shapes` and `longtail_shapes`, or the user-data builders `image_caption_file`,
+`coco_caption_files`, `image_folder`, `vqa_file` and `image_text_label_file`, configured by
+`data.builder_kwargs`), or the name of any tfds dataset the user has. Everything is prepared
+as array_record so grain can read it without TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
 from jaxmm.data.image_folder import ImageFolder
+from jaxmm.data.longtail_shapes import LongtailShapes
 from jaxmm.data.mm_shapes import MmShapes
 from jaxmm.data.shapes import ClipShapes
 from jaxmm.data.user_captions import CocoCaptions, ImageCaptionFile
@@ -33,7 +34,12 @@ USER_BUILDERS = {
     "image_text_label_file": ImageTextLabelFile,
 }
 # Procedural datasets generated on first use; `data.builder_kwargs` override their knobs.
-BUILT_IN = {"clip_shapes": ClipShapes, "vqa_shapes": VqaShapes, "mm_shapes": MmShapes}
+BUILT_IN = {
+    "clip_shapes": ClipShapes,
+    "vqa_shapes": VqaShapes,
+    "mm_shapes": MmShapes,
+    "longtail_shapes": LongtailShapes,
+}
 
 
 def get_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:

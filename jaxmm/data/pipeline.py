@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
 from jaxmm.data import augment, batch_augment, image_ops, text_augment
+from jaxmm.data.sampling import index_stream
 from jaxmm.data.tokenizer import Tokenizer
 
 
@@ -181,9 +182,7 @@ def train_iterator(
     # Shuffle and batch example *indices*, then read and augment this process's part of
     # each batch at once; grain seeds each batch's generator from (seed, batch position).
     dataset = (
-        grain.MapDataset.range(len(source))
-        .shuffle(seed=seed)
-        .repeat()
+        index_stream(source, config, seed)  # shuffled, or resampled by `data.sampling`
         .batch(batch_augment.distinct_per_batch(batch_size, repeats), drop_remainder=True)
         .map(partial(batch_augment.repeat_in_batch, count=repeats, batch_size=batch_size))
         .random_map(

@@ -22,6 +22,7 @@ import optax
 
 from jaxmm import losses, ring_losses
 from jaxmm.models.clip import CLIPOutput
+from jaxmm.train import classification_losses
 
 Batch = dict[str, jax.Array]
 
@@ -101,14 +102,24 @@ class Contrastive:
 
 
 class Classification:
-    """Softmax cross-entropy with label smoothing on `{'image', 'label'}` batches; the model
-    reads the batch's `input_keys` (`('image', 'tokens')` for image + text classifiers)."""
+    """Softmax cross-entropy with label smoothing on `{'image', 'label'}` batches, or another
+    per-example loss (`example_loss`: focal, class-balanced, logit-adjusted, built by
+    `classification_losses.make_example_loss`); the model reads the batch's `input_keys`
+    (`('image', 'tokens')` for image + text classifiers)."""
 
-    def __init__(self, label_smoothing: float = 0.0, input_keys: tuple[str, ...] = ("image",)):
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        input_keys: tuple[str, ...] = ("image",),
+        example_loss: classification_losses.ExampleLoss | None = None,
+    ):
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
         self.input_keys = input_keys
+        self.example_loss = example_loss or classification_losses.make_example_loss(
+            None, label_smoothing
+        )
 
     def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
         return tuple(batch[key] for key in self.input_keys)
@@ -119,7 +130,7 @@ class Classification:
         `loss` is their mean; a mixed batch (MixUp/CutMix) weighs two calls of it, one per
         label of each example.
         """
-        return losses.softmax_cross_entropy_per_example(logits, labels, self.label_smoothing)
+        return self.example_loss(logits, labels)
 
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         per_example = self.example_losses(outputs, batch["label"])

@@ -24,7 +24,7 @@ from jaxmm.data import image_ops, pipeline
 from jaxmm.evaluate.classification import evaluate_classifier
 from jaxmm.evaluate.image_text import embed_images, embed_texts, evaluate_image_text
 from jaxmm.models import create_model
-from jaxmm.train import distributed, objectives
+from jaxmm.train import classification_losses, distributed, objectives
 from jaxmm.train.caption_task import CaptioningTask
 from jaxmm.train.fusion_tasks import ImageTextClassificationTask, VqaTask
 from jaxmm.train.steps import make_encoders, make_predict
@@ -174,7 +174,10 @@ class ClassificationTask:
             )
         self.model_name, self.model_overrides = name, overrides
         self.model = create_model(name, **overrides)
-        self.objective = objectives.Classification(config.get("label_smoothing", 0.0))
+        self.objective = objectives.Classification(
+            config.get("label_smoothing", 0.0),
+            example_loss=classification_losses.from_config(config, builder, num_classes),
+        )
         self.example_fn = partial(pipeline.image_label_example, config=config.data)
 
     def init_inputs(self) -> tuple[np.ndarray, ...]:
