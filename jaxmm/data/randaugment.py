@@ -3,15 +3,18 @@
 `parse("rand-m9-mstd0.5")` reads timm's spec strings (DeiT's and Swin's recipe): `m` the
 magnitude on a 0..10 scale (default 10), `n` the number of ops per image (2), `mstd` the
 standard deviation of Gaussian noise on the magnitude each time an op runs (0; above 100
-means uniform in [0, m]), `p` the probability that a chosen op runs at all (0.5).
+means uniform in [0, m]), `p` the probability that a chosen op runs at all (0.5), `inc1`
+the "increasing" variants of the ops (the default of DeiT's and Swin's code).
 
 The op list is timm's `_RAND_TRANSFORMS`: the paper's 14 operations with Identity left to
 the `p` coin, the translations relative to the image size, plus Invert and SolarizeAdd.
-Ops are chosen with replacement. Magnitude maps to arguments as in timm's `LEVEL_TO_ARG`
-(non-"increasing" variants): geometric ops get a random sign; Posterize keeps
-`int(0.4 m)` bits and Solarize inverts above `int(25.6 m)`, so those two get milder as m
-grows, as in the TPU EfficientNet code timm follows. Geometric ops resample bicubic and
-fill with the dataset's mean colour, as timm's transforms factory asks it to.
+Ops are chosen with replacement. Magnitude maps to arguments as in timm's `LEVEL_TO_ARG`:
+geometric ops get a random sign; by default Posterize keeps `int(0.4 m)` bits, Solarize
+inverts above `int(25.6 m)` (both milder as m grows, as in the TPU EfficientNet code timm
+follows) and the enhancements use the factor `0.18 m + 0.1`; the increasing variants keep
+`4 - int(0.4 m)` bits, invert above `256 - int(25.6 m)` and enhance by `1 +- 0.09 m`.
+Geometric ops resample bicubic and fill with the dataset's mean colour, as timm's
+transforms factory asks it to.
 """
 
 from __future__ import annotations
@@ -95,6 +98,19 @@ def _enhance_factor(level: float, rng: np.random.Generator) -> float:
     return level / MAX_LEVEL * 1.8 + 0.1  # [0.1, 1.9]; 1 leaves the image as it is
 
 
+def _enhance_increasing_factor(level: float, rng: np.random.Generator) -> float:
+    """`1 +- 0.9 m / 10`: further from 1 (stronger either way) as the magnitude grows."""
+    return max(0.1, 1.0 + _signed(0.9)(level, rng))
+
+
+def _posterize_bits(level: float, rng: np.random.Generator) -> int:
+    return int(level / MAX_LEVEL * 4)
+
+
+def _solarize_threshold(level: float, rng: np.random.Generator) -> int:
+    return min(256, int(level / MAX_LEVEL * 256))
+
+
 @dataclasses.dataclass(frozen=True)
 class Op:
     """One RandAugment operation: `apply(image, argument, fill)` and the magnitude's
@@ -109,8 +125,8 @@ OPS: dict[str, Op] = {
     "Equalize": Op(_no_argument(ImageOps.equalize)),
     "Invert": Op(_no_argument(ImageOps.invert)),
     "Rotate": Op(rotate, _signed(30.0)),
-    "Posterize": Op(posterize, lambda level, rng: int(level / MAX_LEVEL * 4)),
-    "Solarize": Op(solarize, lambda level, rng: min(256, int(level / MAX_LEVEL * 256))),
+    "Posterize": Op(posterize, _posterize_bits),
+    "Solarize": Op(solarize, _solarize_threshold),
     "SolarizeAdd": Op(solarize_add, lambda level, rng: min(128, int(level / MAX_LEVEL * 110))),
     "Color": Op(_enhance(ImageEnhance.Color), _enhance_factor),
     "Contrast": Op(_enhance(ImageEnhance.Contrast), _enhance_factor),
@@ -121,39 +137,64 @@ OPS: dict[str, Op] = {
     "TranslateXRel": Op(translate_x, _signed(TRANSLATE_FRACTION)),
     "TranslateYRel": Op(translate_y, _signed(TRANSLATE_FRACTION)),
 }
+# The "increasing" variants (spec part `inc1`, DeiT's and Swin's default): every op gets
+# stronger with the magnitude, the enhancements in either direction.
+INCREASING_OPS: dict[str, Op] = {
+    **OPS,
+    "Posterize": Op(posterize, lambda level, rng: 4 - _posterize_bits(level, rng)),
+    "Solarize": Op(solarize, lambda level, rng: 256 - _solarize_threshold(level, rng)),
+    **{
+        name: dataclasses.replace(OPS[name], to_argument=_enhance_increasing_factor)
+        for name in ("Color", "Contrast", "Brightness", "Sharpness")
+    },
+}
 OP_NAMES = tuple(OPS)
 
 
 @dataclasses.dataclass(frozen=True)
 class RandAugment:
     """A parsed spec: `num_ops` ops per image at `magnitude` (0..10), each run with
-    probability `prob`, the magnitude jittered by `magnitude_std` (inf: uniform in [0, m])."""
+    probability `prob`, the magnitude jittered by `magnitude_std` (inf: uniform in [0, m]),
+    the `increasing` variants of the ops or timm's default ones."""
 
     magnitude: float = MAX_LEVEL
     num_ops: int = 2
     magnitude_std: float = 0.0
     prob: float = 0.5
+    increasing: bool = False
+
+    @property
+    def ops(self) -> dict[str, Op]:
+        return INCREASING_OPS if self.increasing else OPS
 
 
 def parse(spec: str) -> RandAugment:
-    """timm's `rand-m9-n2-mstd0.5-p0.5` spec -> `RandAugment`; a one-line ValueError otherwise."""
+    """timm's spec such as `rand-m9-n2-mstd0.5-p0.5-inc1` -> `RandAugment`, or a ValueError."""
     parts = spec.split("-")
     if parts[0] != "rand":
         raise ValueError(
             f"data.randaugment={spec!r} must start with 'rand' (e.g. 'rand-m9-mstd0.5')"
         )
-    fields = {"m": "magnitude", "n": "num_ops", "mstd": "magnitude_std", "p": "prob"}
+    fields = {
+        "m": "magnitude",
+        "n": "num_ops",
+        "mstd": "magnitude_std",
+        "p": "prob",
+        "inc": "increasing",
+    }
     values: dict[str, float] = {}
     for part in parts[1:]:
         match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d*)?)", part)
         if not match or match.group(1) not in fields:
             raise ValueError(
                 f"data.randaugment={spec!r}: cannot read {part!r}; known parts are "
-                "m<magnitude>, n<ops>, mstd<std>, p<probability>"
+                "m<magnitude>, n<ops>, mstd<std>, p<probability>, inc<0 or 1>"
             )
         values[fields[match.group(1)]] = float(match.group(2))
     if "num_ops" in values:
         values["num_ops"] = int(values["num_ops"])
+    if "increasing" in values:
+        values["increasing"] = bool(values["increasing"])
     if values.get("magnitude_std", 0.0) > 100:
         values["magnitude_std"] = math.inf  # timm's convention for uniform magnitudes
     result = RandAugment(**values)
@@ -172,9 +213,16 @@ def sample_magnitude(rng: np.random.Generator, config: RandAugment) -> float:
     return float(min(max(magnitude, 0.0), MAX_LEVEL))
 
 
-def apply_op(image: Image.Image, name: str, magnitude: float, rng: np.random.Generator, fill: Fill):
-    """Op `name` at `magnitude` (its sign, if any, drawn from `rng`)."""
-    op = OPS[name]
+def apply_op(
+    image: Image.Image,
+    name: str,
+    magnitude: float,
+    rng: np.random.Generator,
+    fill: Fill,
+    ops: dict[str, Op] = OPS,
+) -> Image.Image:
+    """Op `name` of `ops` at `magnitude` (its sign, if any, drawn from `rng`)."""
+    op = ops[name]
     argument = op.to_argument(magnitude, rng) if op.to_argument else None
     return op.apply(image, argument, fill)
 
@@ -186,7 +234,8 @@ def rand_augment(
     pil = Image.fromarray(image)
     for index in rng.integers(len(OP_NAMES), size=config.num_ops):
         if rng.random() < config.prob:
-            pil = apply_op(pil, OP_NAMES[index], sample_magnitude(rng, config), rng, fill)
+            magnitude = sample_magnitude(rng, config)
+            pil = apply_op(pil, OP_NAMES[index], magnitude, rng, fill, config.ops)
     return np.asarray(pil)
 
 

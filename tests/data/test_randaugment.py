@@ -56,19 +56,28 @@ def test_op_equals_torchvision(name):
 TIMM_HPARAMS = dict(img_mean=FILL, interpolation=Image.Resampling.BICUBIC)
 
 
+INCREASING = {"Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness"}
+
+
+@pytest.mark.parametrize("increasing", [False, True])
 @pytest.mark.parametrize("name", randaugment.OP_NAMES)
 @pytest.mark.parametrize("magnitude", [0.0, 3.3, 9.0, 10.0])
-def test_op_and_magnitude_equal_timms(name, magnitude):
+def test_op_and_magnitude_equal_timms(name, magnitude, increasing):
     """Same argument for a magnitude (up to the random sign), same image for an argument."""
-    op = randaugment.OPS[name]
-    assert name in auto_augment._RAND_TRANSFORMS
-    timm_level = auto_augment.LEVEL_TO_ARG[name]
+    op = (randaugment.INCREASING_OPS if increasing else randaugment.OPS)[name]
+    timm_name = name + ("Increasing" if increasing and name in INCREASING else "")
+    timm_list = auto_augment._RAND_INCREASING_TRANSFORMS if increasing else None
+    assert timm_name in (timm_list or auto_augment._RAND_TRANSFORMS)
+    timm_level = auto_augment.LEVEL_TO_ARG[timm_name]
     argument = None
     if op.to_argument is not None:
-        argument = op.to_argument(magnitude, np.random.default_rng(0))
+        rng = np.random.default_rng(0)
+        # The sign is random in both: compare distances from the op's neutral argument.
+        neutral = 1.0 if increasing and name in INCREASING - {"Posterize", "Solarize"} else 0.0
+        argument = op.to_argument(magnitude, rng)
         random.seed(0)
         (expected,) = timm_level(magnitude, TIMM_HPARAMS)
-        assert abs(argument) == pytest.approx(abs(expected), abs=1e-12)
+        assert abs(argument - neutral) == pytest.approx(abs(expected - neutral), abs=1e-12)
     else:
         assert timm_level is None
     image = Image.fromarray(sample_image(40, 48))
@@ -76,7 +85,7 @@ def test_op_and_magnitude_equal_timms(name, magnitude):
         np.testing.assert_array_equal(np.asarray(op.apply(image, argument, FILL)), 0)
         return
     timm_args = () if argument is None else (argument,)
-    expected = auto_augment.NAME_TO_OP[name](
+    expected = auto_augment.NAME_TO_OP[timm_name](
         image, *timm_args, fillcolor=FILL, resample=Image.Resampling.BICUBIC
     )
     np.testing.assert_array_equal(np.asarray(op.apply(image, argument, FILL)), expected)
@@ -93,9 +102,11 @@ def test_parse_reads_timms_spec():
     assert randaugment.parse("rand-m7-n3-p1.0") == randaugment.RandAugment(7.0, 3, 0.0, 1.0)
     assert randaugment.parse("rand") == randaugment.RandAugment()
     assert randaugment.parse("rand-m9-mstd101").magnitude_std == float("inf")
+    increasing = randaugment.parse("rand-m9-mstd0.5-inc1")
+    assert increasing.increasing and increasing.ops is randaugment.INCREASING_OPS
 
 
-@pytest.mark.parametrize("spec", ["rnd-m9", "rand-m9-inc1", "rand-x", "rand-m11", "rand-p2"])
+@pytest.mark.parametrize("spec", ["rnd-m9", "rand-m9-w1", "rand-x", "rand-m11", "rand-p2"])
 def test_bad_specs_are_one_line_errors(spec):
     with pytest.raises(ValueError, match=r"data\.randaugment") as error:
         randaugment.parse(spec)
@@ -111,17 +122,18 @@ def test_magnitude_noise_is_clipped_gaussian():
     assert abs(inside.mean() - 9 + 0.5 * stats.norm.pdf(2) / stats.norm.cdf(2)) < 0.03
 
 
-def test_pipeline_statistics_match_timms_rand_m9_mstd05():
+@pytest.mark.parametrize("spec", ["rand-m9-mstd0.5", "rand-m9-mstd0.5-inc1"])
+def test_pipeline_statistics_match_timms(spec):
     """Per-image mean absolute change, and the share of untouched images, of 600 passes of
-    jaxmm's and timm's `rand-m9-mstd0.5` over one image: two-sample Kolmogorov-Smirnov."""
+    jaxmm's and timm's pipeline over one image: two-sample Kolmogorov-Smirnov."""
     image = sample_image(48, 48)
-    config = randaugment.parse("rand-m9-mstd0.5")
+    config = randaugment.parse(spec)
     rng = np.random.default_rng(0)
     ours = [
         np.abs(randaugment.rand_augment(image, rng, config, FILL).astype(int) - image).mean()
         for _ in range(600)
     ]
-    timm_transform = auto_augment.rand_augment_transform("rand-m9-mstd0.5", TIMM_HPARAMS)
+    timm_transform = auto_augment.rand_augment_transform(spec, TIMM_HPARAMS)
     random.seed(0)
     np.random.seed(0)
     pil = Image.fromarray(image)
