@@ -418,3 +418,16 @@ def test_wordnet_reader_agrees_with_nltk(nltk_wordnet, word):
     ours = text_augment.synonym_source("wordnet").get(word)
     assert len(ours) == len(set(ours))
     assert set(ours) == expected
+
+
+def test_config_check_accepts_the_section_and_rejects_typos():
+    # The trainer's smoke run with clip_small's defaults is in tests/train/test_configs.py;
+    # the hook above is what turning an operation on adds to it.
+    from jaxmm.train.config_check import check_config  # noqa: PLC0415
+
+    config = clip_small.get_config("smoke")
+    config.data.text_augment.update(synonym_replacement=0.5, random_deletion=0.5)
+    check_config(config)
+    config.data.text_augment.random_swop = 0.5
+    with pytest.raises(ValueError, match="data.text_augment.random_swop"):
+        check_config(config)
