@@ -27,6 +27,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.seed = 0
     config.batch_size = 256
     config.total_steps = 800
+    # Micro-batches per step (jaxmm/train/accumulation.py): batch_size stays the global batch,
+    # only the memory in flight shrinks; contrastive losses still see all batch_size negatives.
+    config.grad_accum_steps = 1
     config.loss = "infonce"  # or "siglip" (adds the learnable logit bias)
     # How the loss meets the [N, N] logits (jaxmm/ring_losses.py): "global" builds the whole
     # matrix; "chunked" goes through it in blocks of loss_chunk_size rows; "ring" keeps

@@ -50,6 +50,13 @@ def validate_config(config: ConfigDict, mesh: Mesh) -> None:
         raise ValueError(
             f"batch_size={config.batch_size} is not divisible by {jax.process_count()} processes"
         )
+    accum = config.get("grad_accum_steps", 1)
+    if accum < 1 or config.batch_size % (accum * batch_parallel):
+        raise ValueError(
+            f"grad_accum_steps={accum} must be at least 1 and split batch_size="
+            f"{config.batch_size} into micro-batches that divide over the {batch_parallel} "
+            "data-parallel devices (batch_size a multiple of grad_accum_steps x devices)"
+        )
     if config.eval.batch_size % batch_parallel:
         raise ValueError(
             f"eval.batch_size={config.eval.batch_size} is not divisible by the "
@@ -236,7 +243,12 @@ def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) ->
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(
         make_train_step(
-            model, tx, task.objective, schedule, ParamGroups.from_config(config.optim).is_locked
+            model,
+            tx,
+            task.objective,
+            schedule,
+            ParamGroups.from_config(config.optim).is_locked,
+            config.get("grad_accum_steps", 1),
         ),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),

@@ -20,6 +20,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from jaxmm import sharding
+from jaxmm.train.accumulation import accumulated_loss_and_grads
 from jaxmm.train.objectives import Objective
 from jaxmm.train.state import TrainState
 
@@ -48,6 +49,7 @@ def make_train_step(
     objective: Objective,
     schedule: optax.Schedule,
     locked: Callable[[tuple[str, ...]], bool] = lambda module_path: False,
+    grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """`(state, batch) -> (state, metrics)`; jit it with the state donated.
 
@@ -55,27 +57,43 @@ def make_train_step(
     RNG and step (so a resumed run draws the same masks), and the model's non-parameter
     collections (BatchNorm statistics) come back updated. Modules whose path `locked`
     accepts (`ParamGroups.is_locked`: all their parameters frozen) run in inference mode.
+    With `grad_accum_steps > 1` the batch is processed in that many micro-batches
+    (`jaxmm.train.accumulation`) for the same loss and update.
     `metrics["finite_leaves"]` (`finite_flags`) says whether the loss, gradients and updated
     parameters were all finite; when not, the step changed nothing but `state.step`.
     """
+    if grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be at least 1, got {grad_accum_steps}")
+
+    def forward(params, model_state, batch, dropout_rng):
+        with inference_mode_where(locked):
+            outputs, model_state = model.apply(
+                {"params": params, **model_state},
+                *objective.inputs(batch),
+                train=True,
+                rngs={"dropout": dropout_rng},
+                mutable=list(model_state),
+            )
+        return outputs, dict(model_state)
+
+    def loss_and_grads(params, model_state, batch, dropout_rng):
+        if grad_accum_steps > 1:
+            return accumulated_loss_and_grads(
+                forward, objective, params, model_state, batch, dropout_rng, grad_accum_steps
+            )
+
+        def loss_fn(params):
+            outputs, new_model_state = forward(params, model_state, batch, dropout_rng)
+            loss, metrics = objective.loss(outputs, batch)
+            return loss, (metrics, new_model_state)
+
+        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, metrics, model_state, grads
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         dropout_rng = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params):
-            with inference_mode_where(locked):
-                outputs, model_state = model.apply(
-                    {"params": params, **state.model_state},
-                    *objective.inputs(batch),
-                    train=True,
-                    rngs={"dropout": dropout_rng},
-                    mutable=list(state.model_state),
-                )
-            loss, metrics = objective.loss(outputs, batch)
-            return loss, (metrics, model_state)
-
-        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
+        loss, metrics, model_state, grads = loss_and_grads(
+            state.params, state.model_state, batch, dropout_rng
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = objective.constrain(optax.apply_updates(state.params, updates))

@@ -77,6 +77,28 @@ def test_resumed_run_matches_uninterrupted_run_step_for_step(tmp_path, data_dir,
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6)
 
 
+def test_run_with_gradient_accumulation_resumes_step_for_step(tmp_path, data_dir):
+    config = smoke_config(data_dir, total_steps=4, checkpoint_every=2, grad_accum_steps=2)
+    full = tmp_path / "full"
+    jaxmm.train.run(config, full)
+    reference = train_losses(read_metrics(full))
+
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(full, interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "4")
+    (interrupted / "metrics.jsonl").unlink()
+    jaxmm.train.run(config, interrupted)
+    resumed = train_losses(read_metrics(interrupted))
+    assert sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6)
+
+
+def test_micro_batches_not_divisible_by_devices_are_rejected(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="grad_accum_steps=4 must be at least 1 and split"):
+        jaxmm.train.run(smoke_config(data_dir, grad_accum_steps=4), tmp_path)
+
+
 def test_rerunning_a_finished_run_trains_no_more(tmp_path, data_dir):
     config = smoke_config(data_dir, total_steps=2, checkpoint_every=2)
     first = jaxmm.train.run(config, tmp_path)
