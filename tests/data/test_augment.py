@@ -88,9 +88,12 @@ def test_defaults_are_the_plain_view_bit_for_bit():
     image = make_source(1)[0]["image"]
     for config in (data_config(), data_config(**DEFAULTS)):
         for seed in range(20):
-            expected = plain_view(image, np.random.default_rng(seed), config)
-            ours = pipeline.augment_image(image, np.random.default_rng(seed), config)
-            np.testing.assert_array_equal(ours, expected)
+            plain_rng, rng = np.random.default_rng(seed), np.random.default_rng(seed)
+            np.testing.assert_array_equal(
+                pipeline.augment_image(image, rng, config), plain_view(image, plain_rng, config)
+            )
+            # No extra draws either: what comes after (a caption's choice) is unchanged too.
+            assert rng.bit_generator.state == plain_rng.bit_generator.state
 
 
 def test_default_fields_leave_the_batches_unchanged():
@@ -217,3 +220,18 @@ def test_check_config_knows_the_new_fields():
     config.data.mixup_alfa = 0.8
     with pytest.raises(ValueError, match="did you mean data.mixup_alpha"):
         check_config(config)
+
+
+def test_deit_and_swin_recipes_carry_their_augmentation():
+    from configs import swin_t_imagenet, vit_b16_imagenet
+
+    deit, swin = vit_b16_imagenet.get_config(), swin_t_imagenet.get_config()
+    for config in (deit, swin):
+        data = config.data
+        assert data.randaugment == "rand-m9-mstd0.5-inc1"
+        assert (data.mixup_alpha, data.cutmix_alpha, data.mix_switch_prob) == (0.8, 1.0, 0.5)
+        assert (data.erase_prob, data.erase_mode) == (0.25, "pixel")
+        assert config.label_smoothing == 0.1
+        augment.check(data)
+    assert (deit.data.repeated_augmentations, deit.model.drop_path_rate) == (3, 0.1)
+    assert (swin.data.repeated_augmentations, swin.model.drop_path_rate) == (1, 0.2)

@@ -167,6 +167,13 @@ def test_erase_boxes_follow_timms_distribution():
     assert ours_area.min() >= 0.015 and ours_area.max() <= 0.36
 
 
+def test_erase_box_fits_strictly_inside_as_timm_and_torchvision_require():
+    rng = np.random.default_rng(0)
+    boxes = [erasing.erase_box(rng, 6, 6) for _ in range(2000)]
+    sides = np.asarray([(h, w) for _, _, h, w in filter(None, boxes)])
+    assert sides.max() == 5 and sides.min() >= 1  # a 6-pixel side would fill the image
+
+
 @pytest.mark.parametrize("mode", erasing.MODES)
 def test_random_erasing_modes(mode):
     image = np.full((32, 32, 3), 5.0, np.float32)

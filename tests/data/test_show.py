@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import resnet18_shapes
-from jaxmm.data import show
+from jaxmm.data import datasets, show
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +27,23 @@ def config(tmp_path_factory):
 
 
 def test_grid_layout():
-    images = np.stack([np.full((32, 32, 3), k, np.uint8) for k in range(5)])
-    canvas = show.grid(images)  # 3 columns x 2 rows of 96-pixel tiles, 2-pixel gaps
-    assert canvas.shape == (2 * 98 + 2, 3 * 98 + 2, 3)
-    assert (canvas[2:98, 2:98] == 0).all() and (canvas[100:196, 100:196] == 4).all()
-    assert (canvas[100:196, 198:294] == 255).all()  # the empty sixth tile
+    images = np.stack([np.full((40, 40, 3), k, np.uint8) for k in range(5)])
+    canvas = show.grid(images)  # 3 columns x 2 rows of 120-pixel tiles (3x), 2-pixel gaps
+    assert canvas.shape == (2 * 122 + 2, 3 * 122 + 2, 3)
+    assert (canvas[2:122, 2:122] == 0).all() and (canvas[124:244, 124:244] == 4).all()
+    assert (canvas[124:244, 246:366] == 255).all()  # the empty sixth tile
+
+
+def test_unaugmented_views_are_the_dataset_images(config):
+    """With every augmentation off and the whole 32 px image as the crop, the shown views
+    are training images exactly: the normalisation is undone, not just rescaled."""
+    plain = resnet18_shapes.get_config("smoke")
+    plain.data.data_dir = config.data.data_dir
+    plain.data.update(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False)
+    views = show.training_images(plain, 4)
+    source = datasets.prepare_builder(plain.data).as_data_source("train")
+    images = {np.asarray(source[i]["image"]).tobytes() for i in range(len(source))}
+    assert all(view.tobytes() in images for view in views)
 
 
 def test_grid_shows_the_training_views(config, tmp_path):
