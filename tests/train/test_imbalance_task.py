@@ -1,15 +1,12 @@
 """The class-imbalance switches of a classification run: each loss built from the training
 split's class counts, a resampled run end to end, and config typos caught."""
 
-import json
-
 import numpy as np
 import pytest
 
-import jaxmm.train
 from configs import longtail_shapes
 from jaxmm import losses
-from jaxmm.data import datasets
+from jaxmm.data import datasets, pipeline
 from jaxmm.train import tasks
 from jaxmm.train.config_check import check_config
 
@@ -62,15 +59,27 @@ def test_task_builds_each_loss_from_the_training_split(name, expected, data_dir)
     )
 
 
-def test_resampled_logit_adjusted_run_trains(tmp_path, data_dir):
+def test_resampled_logit_adjusted_batches_from_the_built_split(data_dir):
+    """The switches together on the real tfds split: the config passes its check, the
+    resampled stream reads labels and images from array_record, and the loss is finite.
+    (The training loop itself runs in tests/train/test_configs.py's smoke run.)"""
     config = _smoke_config(data_dir, name="logit_adjusted", tau=0.5)
     config.data.sampling = "sqrt"
     check_config(config)
-    metrics = jaxmm.train.run(config, tmp_path / "run")
-    assert 0 <= metrics["eval/mean_class_top1"] <= 1
-    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    train_losses = [line["train/loss"] for line in logged if "train/loss" in line]
-    assert len(train_losses) == config.total_steps and np.isfinite(train_losses).all()
+    builder = datasets.prepare_builder(config.data)
+    task = tasks.make_task(config, builder, workdir=None)
+    iterator = pipeline.train_iterator(
+        builder.as_data_source("train"), task.example_fn, config.data, batch_size=16, seed=0
+    )
+    batch = next(iterator)
+    assert batch["image"].shape == (16, 32, 32, 3) and batch["label"].shape == (16,)
+    loss, _ = task.objective.loss(np.zeros((16, 48), np.float32), batch)
+    # Zero logits shifted by tau * log prior: the loss is the mean of
+    # -(tau log pi_y - logsumexp(tau log pi)), worked out from the split's counts here.
+    counts = builder.builder_config.train_counts
+    shifted = 0.5 * np.log(counts / counts.sum())
+    expected = np.mean(np.log(np.exp(shifted).sum()) - shifted[batch["label"]])
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
