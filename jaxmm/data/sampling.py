@@ -67,9 +67,8 @@ def index_stream(
 def split_labels(source: Sequence[dict[str, Any]], label_key: str) -> np.ndarray:
     """`[N]` int64 `label_key` of every example of `source`, in order, without decoding images.
 
-    A tfds data source is re-opened with its image features left undecoded (reading 1.3M
-    ImageNet labels then takes seconds, not the hour of decoding every JPEG); any other
-    sequence of dicts is read as it is.
+    A tfds data source is re-opened with its image features left undecoded, so a label costs
+    a record read rather than an image decode; any other sequence of dicts is read as it is.
     """
     if dataclasses.is_dataclass(source) and hasattr(source, "dataset_info"):  # a tfds source
         skip = {
