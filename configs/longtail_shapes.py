@@ -11,9 +11,11 @@ Plain cross-entropy is the default; the class-imbalance strategies are switches:
     --config.classification_loss.name=class_balanced        # Cui et al. 2019, beta=0.9999
     --config.data.sampling=class_balanced                   # or sqrt
 
-`eval/top1` on the balanced test split is the balanced accuracy (`eval/mean_class_top1` too).
-`benchmarks/imbalance.py` trains each strategy at equal steps; BENCHMARKS.md, "Class
-imbalance", has the measured numbers. Needs no download; the set builds in ~10 s.
+`eval/top1` on the balanced test split is the balanced accuracy (`eval/mean_class_top1` too):
+36.9% with plain cross-entropy, 50.5% with logit adjustment and 50.8% with class-balanced
+sampling, each run 3-5 minutes on a busy 2-core CPU. `benchmarks/imbalance.py` trains each
+strategy at equal steps; BENCHMARKS.md, "Class imbalance", has the whole table. Needs no
+download; the set builds in ~10 s.
 
 `--config=configs/longtail_shapes.py:smoke` shrinks it to a seconds-long run (tests use it).
 """
