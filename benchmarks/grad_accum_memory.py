@@ -5,10 +5,11 @@
 
 Compiles the trainer's step (`jaxmm.train.steps.make_train_step`, AdamW) of a CLIP model
 (contrastive InfoNCE: the cached-output method) and of configs/clip_small.py's image tower
-as a 48-class ViT classifier (micro-batch method) for each `k`, and reads the temporary buffer size per
-device from `compiled.memory_analysis()`: nothing is run, so the sizes cost only compile
-time. `--model` is a CLIP registry name, or `clip_small` for configs/clip_small.py's model.
-Prints a table and writes JSON (default `benchmarks/results/grad_accum_memory.json`).
+as a 48-class ViT classifier (micro-batch method) for each `k`, and reads the temporary
+buffer size per device from `compiled.memory_analysis()`: nothing is run, so the sizes
+cost only compile time. `--model` is a CLIP registry name, or `clip_small` for
+configs/clip_small.py's model. Prints a table and writes JSON (default
+`benchmarks/results/grad_accum_memory.json`).
 """
 
 import os
@@ -68,7 +69,9 @@ def step_memory(model, objective, batch, k: int, mesh) -> int:
     batch_sharding = sharding.batch_sharding(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
         step = jax.jit(
-            make_train_step(model, tx, objective, optax.constant_schedule(1e-3), grad_accum_steps=k),
+            make_train_step(
+                model, tx, objective, optax.constant_schedule(1e-3), grad_accum_steps=k
+            ),
             in_shardings=(shardings, batch_sharding),
             out_shardings=(shardings, None),
             donate_argnums=0,

@@ -39,9 +39,7 @@ def one_step(model, objective, batch, k: int, num_devices: int, tx=None):
     batch_sharding = sharding.batch_sharding(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
         step = jax.jit(
-            make_train_step(
-                model, tx, objective, optax.constant_schedule(1.0), grad_accum_steps=k
-            ),
+            make_train_step(model, tx, objective, optax.constant_schedule(1.0), grad_accum_steps=k),
             in_shardings=(shardings, batch_sharding),
             out_shardings=(shardings, None),
         )
@@ -118,9 +116,7 @@ def test_batchnorm_statistics_are_updated_once_per_micro_batch():
         "image": rng.normal(size=(16, 32, 32, 3)).astype(np.float32) * 2 + 1,
         "label": rng.integers(0, 10, size=16).astype(np.int32),
     }
-    model = create_model(
-        "resnet18", num_classes=10, width=8, stem="cifar", stage_sizes=(1, 1)
-    )
+    model = create_model("resnet18", num_classes=10, width=8, stem="cifar", stage_sizes=(1, 1))
     before, after, _ = one_step(model, Classification(), batch, 2, 1)
 
     micro = accumulation.split_micro_batches(batch, 2)
