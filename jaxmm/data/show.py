@@ -89,10 +89,13 @@ def save_grid(config: ConfigDict, out: str | pathlib.Path, num: int = 16) -> pat
     return out
 
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("out", None, "The PNG file to write.")
-flags.DEFINE_integer("num", 16, "How many augmented images to show.")
-flags.mark_flags_as_required(["config", "out"])
+def define_flags() -> None:
+    """The command's flags; defined only when it runs, so that importing this module (tests)
+    never clashes with another command's `--config` in absl's global flag registry."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_string("out", None, "The PNG file to write.")
+    flags.DEFINE_integer("num", 16, "How many augmented images to show.")
+    flags.mark_flags_as_required(["config", "out"])
 
 
 def main(argv):
@@ -103,4 +106,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
