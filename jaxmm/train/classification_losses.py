@@ -12,20 +12,18 @@ the losses that do not take them:
 - `'logit_adjusted'`: softmax cross-entropy of the logits shifted by `tau` times the log
   class priors (Menon et al. 2021); predictions use the unshifted logits.
 
-The last two need the training split's class counts, which the task reads once.
+The last two need the training split's class counts, which the task reads once. Nothing
+here reads data or configs' packages: the objectives import it on bare accelerator hosts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
-from ml_collections import ConfigDict
 
 from jaxmm import losses
-from jaxmm.data import sampling
 
 ExampleLoss = Callable[[jax.Array, jax.Array], jax.Array]  # (logits [B, C], labels [B]) -> [B]
 
@@ -35,12 +33,12 @@ _NEED_COUNTS = frozenset({"class_balanced", "logit_adjusted"})
 _SMOOTHABLE = frozenset({"softmax_ce", "logit_adjusted"})
 
 
-def needs_class_counts(loss_config: ConfigDict | None) -> bool:
+def needs_class_counts(loss_config: Mapping | None) -> bool:
     """Whether the loss of `config.classification_loss` is built from class counts."""
     return _name(loss_config) in _NEED_COUNTS
 
 
-def _name(loss_config: ConfigDict | None) -> str:
+def _name(loss_config: Mapping | None) -> str:
     name = (loss_config or {}).get("name", "softmax_ce")
     if name not in LOSSES:
         raise ValueError(f"unknown classification_loss.name {name!r}; choose from {list(LOSSES)}")
@@ -48,7 +46,7 @@ def _name(loss_config: ConfigDict | None) -> str:
 
 
 def make_example_loss(
-    loss_config: ConfigDict | None,
+    loss_config: Mapping | None,
     label_smoothing: float = 0.0,
     class_counts: np.ndarray | None = None,
 ) -> ExampleLoss:
@@ -59,7 +57,7 @@ def make_example_loss(
         label_smoothing: `config.label_smoothing`, for the softmax cross-entropies.
         class_counts: `[C]` training examples of each class, for the losses that need them.
     """
-    loss_config = loss_config or ConfigDict()
+    loss_config = loss_config or {}
     name = _name(loss_config)
     base = loss_config.get("base", "softmax_ce") if name == "class_balanced" else name
     if base not in BASES and name == "class_balanced":
@@ -97,17 +95,3 @@ def make_example_loss(
         raise ValueError(f"classification_loss.beta must be in [0, 1), got {beta}")
     weights = losses.class_balanced_weights(class_counts, beta)
     return lambda logits, labels: weights[labels] * unweighted(logits, labels)
-
-
-def from_config(
-    config: ConfigDict, builder: tfds.core.DatasetBuilder, num_classes: int
-) -> ExampleLoss:
-    """The per-example loss of a classification run's whole `config`, the class counts read
-    from its training split (labels only, no image decoded) when the loss needs them."""
-    loss_config = config.get("classification_loss")
-    counts = None
-    if needs_class_counts(loss_config):
-        source = builder.as_data_source(config.data.get("train_split", "train"))
-        labels = sampling.split_labels(source, config.data.get("label_key", "label"))
-        counts = sampling.class_counts(labels, num_classes)
-    return make_example_loss(loss_config, config.get("label_smoothing", 0.0), counts)

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxmm.data import image_ops, pipeline
+from jaxmm.data import image_ops, pipeline, sampling
 from jaxmm.evaluate.classification import evaluate_classifier
 from jaxmm.evaluate.image_text import embed_images, embed_texts, evaluate_image_text
 from jaxmm.models import create_model
@@ -154,6 +154,22 @@ def dataset_num_classes(builder: tfds.core.DatasetBuilder, label_key: str) -> in
     return int(features[label_key].num_classes)
 
 
+def _example_loss(
+    config: ConfigDict, builder: tfds.core.DatasetBuilder, num_classes: int
+) -> classification_losses.ExampleLoss:
+    """The per-example loss of `config.classification_loss`, the class counts read from the
+    training split (labels only, no image decoded) when the loss needs them."""
+    loss_config = config.get("classification_loss")
+    counts = None
+    if classification_losses.needs_class_counts(loss_config):
+        source = builder.as_data_source(config.data.get("train_split", "train"))
+        labels = sampling.split_labels(source, config.data.get("label_key", "label"))
+        counts = sampling.class_counts(labels, num_classes)
+    return classification_losses.make_example_loss(
+        loss_config, config.get("label_smoothing", 0.0), counts
+    )
+
+
 class ClassificationTask:
     """Supervised classification on an image-label dataset; top-1/top-5 evaluation.
 
@@ -176,7 +192,7 @@ class ClassificationTask:
         self.model = create_model(name, **overrides)
         self.objective = objectives.Classification(
             config.get("label_smoothing", 0.0),
-            example_loss=classification_losses.from_config(config, builder, num_classes),
+            example_loss=_example_loss(config, builder, num_classes),
         )
         self.example_fn = partial(pipeline.image_label_example, config=config.data)
 
