@@ -8,10 +8,13 @@ Contrastive image-text losses:
 * `siglip_loss`: the pairwise sigmoid loss of SigLIP (Zhai et al. 2023, "Sigmoid Loss for
   Language Image Pre-Training", Algorithm 1; matches big_vision's `siglip` trainer).
 
-Both are written over the GLOBAL batch with plain `jnp` ops. Called under `jax.jit` on
-embeddings sharded along the batch axis, XLA inserts the collectives (an all-gather of the
-other tower's embeddings and the cross-device reductions), so there is no per-device code
-here and the result equals the one-device result.
+Knowledge distillation: `distillation_kl` (Hinton et al. 2015) for classifiers,
+`clip_similarity_distillation_loss` and `embedding_distillation_loss` for CLIP students.
+
+The contrastive losses are written over the GLOBAL batch with plain `jnp` ops. Called under
+`jax.jit` on embeddings sharded along the batch axis, XLA inserts the collectives (an
+all-gather of the other tower's embeddings and the cross-device reductions), so there is no
+per-device code here and the result equals the one-device result.
 
 Everything is computed in float32 whatever the input dtype: with a logit scale up to 100 the
 logits of bf16 embeddings would carry errors of order 0.1, enough to change the loss.
@@ -269,3 +272,94 @@ def logit_adjusted_cross_entropy(
     """
     shifted = logits.astype(jnp.float32) + tau * jnp.asarray(log_priors, jnp.float32)
     return softmax_cross_entropy_per_example(shifted, labels, label_smoothing)
+
+
+def distillation_kl(
+    student_logits: jax.Array, teacher_logits: jax.Array, temperature: float = 1.0, axis: int = -1
+) -> jax.Array:
+    """Knowledge distillation's loss of each row (Hinton et al. 2015, "Distilling the Knowledge
+    in a Neural Network"): `T^2 KL(softmax(teacher / T) || softmax(student / T))` along
+    `axis`.
+
+    The `T^2` keeps the gradient's size independent of the temperature, so the distillation
+    term can be mixed with a hard-label loss at any `T` (the paper's section 2). Equals
+    PyTorch's `kl_div(log_softmax(s / T), softmax(t / T))` summed over the classes, times
+    `T^2`.
+
+    Args:
+      student_logits: `[..., C, ...]`, any float dtype.
+      teacher_logits: the same shape; the target, not differentiated by callers' intent
+        (wrap it in `jax.lax.stop_gradient` where it could carry a gradient).
+      temperature: `T > 0`; higher softens both distributions.
+      axis: the class axis.
+
+    Returns:
+      float32, `student_logits`'s shape without `axis`.
+    """
+    if temperature <= 0:
+        raise ValueError(f"the distillation temperature must be positive, got {temperature}")
+    log_student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis)
+    log_teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis)
+    kl = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=axis)
+    return temperature**2 * kl
+
+
+def clip_similarity_distillation_loss(
+    image_embeddings: jax.Array,
+    text_embeddings: jax.Array,
+    logit_scale: jax.Array | float,
+    teacher_image_embeddings: jax.Array,
+    teacher_text_embeddings: jax.Array,
+    teacher_logit_scale: jax.Array | float,
+    temperature: float = 1.0,
+) -> jax.Array:
+    """A CLIP student's image-text logits distilled from a CLIP teacher's, over the global
+    batch: the mean of `distillation_kl` along each row (image -> text) and along each column
+    (text -> image) of the `[N, N]` logits, the two directions of CLIP's own loss.
+
+    This is the logit distillation of Yang et al. 2024 ("CLIP-KD: An Empirical Study of CLIP
+    Model Distillation"): the student learns how the teacher ranks every caption of the batch
+    for each image, not only which one matches. Each model's logits use its own scale.
+
+    Args:
+      image_embeddings, text_embeddings: the student's `[N, D]`, L2-normalised.
+      logit_scale: the student's log inverse temperature.
+      teacher_image_embeddings, teacher_text_embeddings: the teacher's `[N, D']` (`D'` may
+        differ from `D`): their dot products times `exp(teacher_logit_scale)` are the
+        teacher's logits.
+      teacher_logit_scale: the teacher's log inverse temperature (0 for embeddings that
+        carry it already).
+      temperature: the distillation temperature applied to both.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_pair(image_embeddings, text_embeddings)
+    _check_pair(teacher_image_embeddings, teacher_text_embeddings)
+    student = jnp.exp(jnp.asarray(logit_scale, jnp.float32)) * _similarity(
+        image_embeddings, text_embeddings
+    )
+    teacher = jnp.exp(jnp.asarray(teacher_logit_scale, jnp.float32)) * _similarity(
+        teacher_image_embeddings, teacher_text_embeddings
+    )
+    image_to_text = jnp.mean(distillation_kl(student, teacher, temperature, axis=1))
+    text_to_image = jnp.mean(distillation_kl(student, teacher, temperature, axis=0))
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def embedding_distillation_loss(embeddings: jax.Array, teacher_embeddings: jax.Array) -> jax.Array:
+    """Mean cosine distance `1 - cos(student, teacher)` of each pair of `[N, D]` embeddings:
+    CLIP-KD's feature distillation (its mean squared error of L2-normalised embeddings is
+    `2 (1 - cos) / D`), for a student whose embedding width equals the teacher's. The
+    teacher's may have any positive scale. Scalar float32."""
+    if embeddings.shape != teacher_embeddings.shape:
+        raise ValueError(
+            f"embedding distillation needs the teacher's embedding shape, got "
+            f"{embeddings.shape} (student) and {teacher_embeddings.shape} (teacher)"
+        )
+    student = embeddings.astype(jnp.float32)
+    teacher = teacher_embeddings.astype(jnp.float32)
+    cosine = jnp.sum(student * teacher, -1) / (
+        jnp.linalg.norm(student, axis=-1) * jnp.linalg.norm(teacher, axis=-1) + 1e-12
+    )
+    return jnp.mean(1.0 - cosine)
