@@ -40,17 +40,10 @@ from jaxmm.train import tasks  # noqa: E402
 from jaxmm.train.loop import validate_config  # noqa: E402
 from jaxmm.train.pretrained import load_pretrained, load_variables  # noqa: E402
 from jaxmm.train.steps import make_encoders  # noqa: E402
+from jaxmm.train.task_common import run_folder  # noqa: E402
 from jaxmm.train.wise import evaluate_interpolations, wise_alphas  # noqa: E402
 
 METRICS_FILE = "eval_metrics.json"
-
-
-def run_folder(checkpoint: pathlib.Path) -> pathlib.Path | None:
-    """The jaxmm run folder (the one holding `config.json`) that `checkpoint` lies in, if any."""
-    for folder in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
-        if (folder / "config.json").is_file():
-            return folder
-    return None
 
 
 def _task_workdir(config: ConfigDict, run: pathlib.Path | None, out: pathlib.Path) -> pathlib.Path:

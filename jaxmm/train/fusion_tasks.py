@@ -11,7 +11,6 @@ tokenizer comes with them, since its text tower only understands that vocabulary
 from __future__ import annotations
 
 import pathlib
-import shutil
 from functools import partial
 from typing import Any
 
@@ -28,22 +27,14 @@ from jaxmm.evaluate.vqa import answer_targets, answer_vocabulary, split_answers
 from jaxmm.models import create_model
 from jaxmm.train import distributed, objectives
 from jaxmm.train.steps import make_predict
-from jaxmm.train.task_common import TOKENIZER_FILE, Evaluator, build_tokenizer, model_overrides
+from jaxmm.train.task_common import (
+    Evaluator,
+    build_tokenizer,
+    inherited_tokenizer,
+    model_overrides,
+)
 
 ANSWERS_FILE = "answers.txt"
-
-
-def inherited_tokenizer(init_from: str, workdir: pathlib.Path) -> None:
-    """Copies the tokenizer of the jaxmm run `init_from` (a run, checkpoints or step folder)
-    into `workdir`, unless the workdir has one already (a resumed run)."""
-    if not init_from or (workdir / TOKENIZER_FILE).exists():
-        return
-    start = pathlib.Path(init_from).expanduser()
-    for folder in (start, start.parent, start.parent.parent):
-        if (folder / TOKENIZER_FILE).is_file():
-            workdir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / TOKENIZER_FILE, workdir / TOKENIZER_FILE)
-            return
 
 
 class FusionTask:

@@ -7,6 +7,7 @@ other, so any task module can be imported first.
 from __future__ import annotations
 
 import pathlib
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -63,3 +64,24 @@ def build_tokenizer(
     if jax.process_index() == 0:
         tokenizer.save(path)
     return tokenizer
+
+
+def inherited_tokenizer(init_from: str, workdir: pathlib.Path) -> None:
+    """Copies the tokenizer of the jaxmm run `init_from` (a run, checkpoints or step folder)
+    into `workdir`, unless the workdir has one already (a resumed run)."""
+    if not init_from or (workdir / TOKENIZER_FILE).exists():
+        return
+    start = pathlib.Path(init_from).expanduser()
+    for folder in (start, start.parent, start.parent.parent):
+        if (folder / TOKENIZER_FILE).is_file():
+            workdir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / TOKENIZER_FILE, workdir / TOKENIZER_FILE)
+            return
+
+
+def run_folder(checkpoint: pathlib.Path) -> pathlib.Path | None:
+    """The jaxmm run folder (the one holding `config.json`) that `checkpoint` lies in, if any."""
+    for folder in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
