@@ -38,6 +38,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # WiSE-FT (jaxmm/train/wise.py): with init_from, also evaluate (1 - a) * start + a * tuned.
     config.wise_alpha = (1.0,)
 
+    # Knowledge distillation (jaxmm/train/distillation.py), off while teacher is "": the
+    # teacher's weights (a jaxmm run folder, a PyTorch checkpoint or a MODEL@TAG weights tag),
+    # its model section (empty: the run folder's own, or the tag's model), the distillation
+    # term's share of the loss and its softmax temperature.
+    config.distill = dict(teacher="", teacher_model={}, weight=0.5, temperature=4.0)
+
     config.data = dict(
         name="clip_shapes",
         builder_config="default",

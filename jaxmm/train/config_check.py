@@ -12,9 +12,10 @@
   them in config files.
 - Wrong types: a value whose type differs from the base's (a string where an int belongs; an
   int is fine where a float belongs). Again the command line already enforces this.
-- Free-form sections are checked by whoever reads them: `model` by the model's own fields
-  (`create_model`, which names the unknown field and the model), `data.builder_kwargs` by the
-  user-data builder's options, `optim.lr_multipliers` by the parameter names (at state init).
+- Free-form sections are checked by whoever reads them: `model` and `distill.teacher_model`
+  by the model's own fields (`create_model`, which names the unknown field and the model),
+  `data.builder_kwargs` by the user-data builder's options, `optim.lr_multipliers` by the
+  parameter names (at state init).
 - The model's input geometry: `data.image_size` must be a multiple of a ViT/Swin tower's
   `patch_size` and equal a tower's fixed `image_size` (CLIP's ModifiedResNet);
   `data.context_length` must fit the text tower's context.
@@ -47,7 +48,9 @@ BASE_CONFIGS = {
     "captioning": "configs.caption_small",
 }
 # Sections whose keys the base configs do not fix (each is checked elsewhere, see above).
-FREE_FORM = frozenset({"model", "data.builder_kwargs", "optim.lr_multipliers"})
+FREE_FORM = frozenset(
+    {"model", "data.builder_kwargs", "optim.lr_multipliers", "distill.teacher_model"}
+)
 
 
 def check_config(config: ConfigDict) -> None:

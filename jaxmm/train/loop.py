@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 
 from jaxmm import sharding
 from jaxmm.data import datasets, pipeline
-from jaxmm.train import config_check, distributed, tasks, workdir_lock
+from jaxmm.train import config_check, distillation, distributed, tasks, workdir_lock
 from jaxmm.train.checkpoint import Checkpointer, CheckpointRestoreError
 from jaxmm.train.metric_writer import MetricWriter
 from jaxmm.train.optimizer import ParamGroups, learning_rate_schedule, make_optimizer
@@ -196,8 +196,14 @@ def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) ->
         "prepare_data", lambda: datasets.prepare_builder(config.data)
     )
     datasets.require_splits(builder, config.data.get("train_split", "train"), config.eval.split)
+    distillation.inherit_teacher_tokenizer(config, workdir)
     task = tasks.make_task(config, builder, workdir)
     model = task.model
+    objective, teacher, teacher_shardings, teacher_args = task.objective, None, (), ()
+    if distillation.enabled(config):  # a teacher that does not load stops the run here
+        distiller = distillation.load_teacher(config, builder, workdir, task, mesh, rules)
+        objective, teacher = distiller.objective, distiller.targets
+        teacher_shardings, teacher_args = (distiller.shardings,), (distiller.variables,)
     tx = make_optimizer(config.optim, config.total_steps)
     schedule = learning_rate_schedule(config.optim, config.total_steps)
 
@@ -245,12 +251,13 @@ def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) ->
         make_train_step(
             model,
             tx,
-            task.objective,
+            objective,
             schedule,
             ParamGroups.from_config(config.optim).is_locked,
             config.get("grad_accum_steps", 1),
+            teacher,
         ),
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, batch_sharding, *teacher_shardings),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
@@ -285,7 +292,7 @@ def _train(config: ConfigDict, workdir: pathlib.Path, mesh: Mesh, rules: Any) ->
     ):
         for step in range(start_step + 1, config.total_steps + 1):
             batch = _global_batch(next(train_iter), batch_sharding)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, batch, *teacher_args)
             pending.append((step, metrics))
             finish_pending(keep=in_flight)
             stop = preemption.should_stop(step)

@@ -96,9 +96,11 @@ def _from_orbax(path: pathlib.Path) -> dict[str, Any]:
     raise FileNotFoundError(f"init_from: no jaxmm checkpoint found under {path}")
 
 
-def merge_pretrained(init: Any, loaded: Any, head: set[Path], source: str) -> dict[str, Any]:
+def merge_pretrained(
+    init: Any, loaded: Any, head: set[Path], source: str, field: str = "init_from"
+) -> dict[str, Any]:
     """`init` with every variable replaced by `loaded`'s, except head variables whose shape
-    differs or that `loaded` lacks.
+    differs or that `loaded` lacks. Errors name `source` as the config's `field`.
 
     Raises:
         ValueError: body variables missing from, unexpected in or mis-shaped in `loaded`.
@@ -113,7 +115,7 @@ def merge_pretrained(init: Any, loaded: Any, head: set[Path], source: str) -> di
         if p in flat_loaded and p not in head and flat_init[p].shape != flat_loaded[p].shape
     ]
     if missing or unexpected or misshaped:
-        lines = [f"init_from {source} does not fit the model:"]
+        lines = [f"{field} {source} does not fit the model:"]
         for title, items in (
             ("missing", ["/".join(p) for p in missing]),
             ("unexpected", ["/".join(p) for p in unexpected]),

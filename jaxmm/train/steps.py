@@ -20,7 +20,11 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from jaxmm import sharding
-from jaxmm.train.accumulation import accumulated_loss_and_grads
+from jaxmm.train.accumulation import (
+    accumulated_loss_and_grads,
+    merge_micro_outputs,
+    split_micro_batches,
+)
 from jaxmm.train.objectives import Objective
 from jaxmm.train.state import TrainState
 
@@ -50,7 +54,8 @@ def make_train_step(
     schedule: optax.Schedule,
     locked: Callable[[tuple[str, ...]], bool] = lambda module_path: False,
     grad_accum_steps: int = 1,
-) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    teacher: Callable[[Any, dict[str, jax.Array]], Any] | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """`(state, batch) -> (state, metrics)`; jit it with the state donated.
 
     The forward pass runs in train mode: dropout draws from a key derived from the state's
@@ -61,6 +66,11 @@ def make_train_step(
     (`jaxmm.train.accumulation`) for the same loss and update.
     `metrics["finite_leaves"]` (`finite_flags`) says whether the loss, gradients and updated
     parameters were all finite; when not, the step changed nothing but `state.step`.
+
+    With a `teacher` (knowledge distillation, `jaxmm.train.distillation`) the step is
+    `(state, batch, teacher_variables) -> (state, metrics)`: `teacher(teacher_variables,
+    batch)` runs first (in micro-batches under accumulation, so its activations never
+    exceed the student's) and the objective reads its outputs as `batch['teacher']`.
     """
     if grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be at least 1, got {grad_accum_steps}")
@@ -90,7 +100,16 @@ def make_train_step(
         (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, metrics, model_state, grads
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    def teacher_targets(teacher_variables, batch):
+        if grad_accum_steps == 1:
+            return teacher(teacher_variables, batch)
+        micro = split_micro_batches(batch, grad_accum_steps)
+        stacked = jax.lax.map(lambda micro_batch: teacher(teacher_variables, micro_batch), micro)
+        return merge_micro_outputs(stacked)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables=None):
+        if teacher is not None:
+            batch = {**batch, "teacher": teacher_targets(teacher_variables, batch)}
         dropout_rng = jax.random.fold_in(state.rng, state.step)
         loss, metrics, model_state, grads = loss_and_grads(
             state.params, state.model_state, batch, dropout_rng

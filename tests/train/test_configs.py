@@ -16,6 +16,8 @@ from configs import (
     clip_captions,
     clip_resnet50,
     clip_small,
+    distill_clip_small,
+    distill_shapes,
     image_text_shapes,
     longtail_shapes,
     mobilenet_v2_cifar10,
@@ -52,7 +54,11 @@ CONFIGS = {
     "vqa_concat": vqa_concat,
     "vqa_bilinear": vqa_bilinear,
     "vqa_xattn": vqa_xattn,
+    "distill_shapes": distill_shapes,
+    "distill_clip_small": distill_clip_small,
 }
+# Students need a teacher run: tests/train/test_distillation.py trains theirs from smoke ones.
+DISTILLED = {"distill_shapes", "distill_clip_small"}
 CLASSIFICATION = sorted(
     name for name, module in CONFIGS.items() if module.get_config().task == "classification"
 )
@@ -99,7 +105,7 @@ def data_dir(tmp_path_factory) -> str:
 
 
 # The mocked configs train their smoke model on their own dataset's plumbing instead (below).
-@pytest.mark.parametrize("name", sorted(set(CONFIGS) - set(MOCKED)))
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - set(MOCKED) - DISTILLED))
 def test_smoke_setting_trains(name, tmp_path, data_dir):
     config = CONFIGS[name].get_config("smoke")
     config.data.data_dir = data_dir
