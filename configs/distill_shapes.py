@@ -1,6 +1,6 @@
 """Knowledge distillation on the built-in `clip_shapes` classes: the ResNet-18 of
-`configs/resnet18_shapes.py` teaches a MobileNetV2 at half width, which trains alongside it on
-the same batches with the same recipe and steps.
+`configs/resnet18_shapes.py` (width 16, 0.7M parameters) teaches the same network at width 4
+(16 times fewer parameters), trained with the teacher's recipe and steps.
 
     python train.py --config=configs/resnet18_shapes.py --workdir=runs/resnet18_shapes
     python train.py --config=configs/distill_shapes.py --workdir=runs/distill_shapes
@@ -22,8 +22,9 @@ from configs import resnet18_shapes
 
 def get_config(arg: str | None = None) -> ConfigDict:
     config = resnet18_shapes.get_config()
-    config.model = dict(name="mobilenet_v2", width_mult=0.5)
-    config.optim.weight_decay = 4e-5  # the MobileNet v2 paper's
+    # A half-width MobileNetV2 was tried first: at 32 px its 32x downsampling leaves it at 46%
+    # without a teacher and 43% with one (BENCHMARKS.md).
+    config.model = dict(name="resnet18", width=4, stem="cifar")
     # Hinton et al.'s mix: most of the loss from the teacher's softened logits.
     config.distill.teacher = "runs/resnet18_shapes"
     config.distill.weight = 0.9

@@ -69,8 +69,9 @@ def make_train_step(
 
     With a `teacher` (knowledge distillation, `jaxmm.train.distillation`) the step is
     `(state, batch, teacher_variables) -> (state, metrics)`: `teacher(teacher_variables,
-    batch)` runs first (in micro-batches under accumulation, so its activations never
-    exceed the student's) and the objective reads its outputs as `batch['teacher']`.
+    batch)` runs first (in micro-batches under accumulation, so its activations shrink with
+    the micro-batch as the student's do) and the objective reads its outputs as
+    `batch['teacher']`.
     """
     if grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be at least 1, got {grad_accum_steps}")

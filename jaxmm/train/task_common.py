@@ -1,4 +1,5 @@
-"""What every task is built from: the model named by the config, and the run's tokenizer.
+"""What every task is built from: the model named by the config, and the run's tokenizer
+(trained, loaded, or inherited from another run's folder).
 
 Tasks (`jaxmm.train.tasks`, `jaxmm.train.fusion_tasks`, ...) import these rather than each
 other, so any task module can be imported first.
