@@ -43,10 +43,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     # Knowledge distillation (jaxmm/train/distillation.py), off while teacher is "": the
     # teacher's weights (a jaxmm run folder, a PyTorch checkpoint or a MODEL@TAG weights tag),
-    # its model section (empty: the run folder's own, or the tag's model), the distillation
+    # its model section (name "": the run folder's own, or the tag's model), the distillation
     # term's share of the loss and its softmax temperature.
     config.distill = dict(
-        teacher="", teacher_model={}, weight=0.5, temperature=1.0, embedding_weight=0.0
+        teacher="", teacher_model=dict(name=""), weight=0.5, temperature=1.0, embedding_weight=0.0
     )
 
     config.data = dict(

@@ -219,6 +219,8 @@ def _teacher_config(config: ConfigDict, workdir: pathlib.Path) -> tuple[ConfigDi
     path = pathlib.Path(spec).expanduser()
     model = config.distill.get("teacher_model", {})
     model = model.to_dict() if isinstance(model, ConfigDict) else dict(model)
+    if not model.get("name"):  # the default section: no model named
+        model = {}
     if not path.exists() and weights.resolve(spec, model.get("name")) is None:
         raise FileNotFoundError(
             f"distill.teacher {spec} does not exist (expected a jaxmm run folder, a PyTorch "
