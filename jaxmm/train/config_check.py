@@ -67,6 +67,7 @@ def check_config(config: ConfigDict) -> None:
     if schema is not None:
         problems += _compare(config, schema, prefix="", root=schema)
     problems += _builder_kwargs_problems(config.data)
+    problems += _interval_problems(config)
     if problems:
         raise ValueError(
             f"{len(problems)} config problem(s) (the known keys and types are those of "
@@ -171,6 +172,18 @@ def _elsewhere(key: str, schema: Mapping[str, Any], prefix: str = "") -> str:
         if isinstance(value, Mapping) and (hint := _elsewhere(key, value, f"{prefix}{name}.")):
             return hint
     return ""
+
+
+# Step counts that divide the step number: 0 or less has no meaning there.
+_POSITIVE_INTERVALS = ("total_steps", "log_every", "checkpoint_every")
+
+
+def _interval_problems(config: ConfigDict) -> list[str]:
+    return [
+        f"{key}={config[key]!r}: must be a positive number of steps"
+        for key in _POSITIVE_INTERVALS
+        if isinstance(config.get(key), numbers.Integral) and config[key] < 1
+    ]
 
 
 def _builder_kwargs_problems(data: ConfigDict) -> list[str]:

@@ -84,6 +84,14 @@ def test_wrong_types_name_key_value_and_expected_type(section, key, value, expec
     assert expected in message, message
 
 
+@pytest.mark.parametrize("key", ["total_steps", "log_every", "checkpoint_every"])
+def test_step_intervals_must_be_positive(key):
+    # Each divides the step number in the loop: 0 used to end a run in ZeroDivisionError.
+    config = clip_small.get_config("smoke")
+    config[key] = 0
+    assert f"{key}=0: must be a positive number of steps" in _problems(config)
+
+
 def test_ints_stand_for_floats_and_lists_for_tuples():
     config = _replace(clip_small.get_config("smoke"), "optim", learning_rate=1, weight_decay=0)
     config = _replace(config, "data", mean=[0.5, 0.5, 0.5])
