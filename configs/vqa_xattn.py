@@ -50,6 +50,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
         num_threads=2,
+        # Questions answered per image and step (the image encoded once): the built-in
+        # scenes carry 7; an image with fewer gets empty ones that carry no loss.
+        questions_per_image=7,
         # User data: the answer head's size, the most frequent normalised train answers.
         num_answers=1000,
     )

@@ -44,7 +44,8 @@ here are SOT..EOT, which equals `tokens != 0` for the tokenizers' zero padding a
 anything written after EOT, so a question's logits never depend on its padding.
 
 Inputs: NHWC float images `[B, H, W, 3]` and int token ids `[B, L]`; output logits
-`[B, num_classes]` in the compute dtype.
+`[B, num_classes]` in the compute dtype. Token ids `[B, Q, L]` ask Q questions of each image:
+the image tower runs once per image and the logits are `[B, Q, num_classes]`.
 """
 
 from __future__ import annotations
@@ -337,6 +338,17 @@ class FusionClassifier(nn.Module):
     def __call__(self, images: jax.Array, tokens: jax.Array, *, train: bool = False) -> jax.Array:
         # `train` reaches the towers, so the trainer can run a frozen tower in inference mode.
         image = self.image_tower(images, train=train)  # [B, Di] or [B, N, Di]
+        if tokens.ndim == 3:
+            # Q questions per image [B, Q, L]: the image is encoded once and its features
+            # repeated for each question, the costly part of a VQA step shared.
+            batch, questions = tokens.shape[:2]
+            image = jnp.repeat(image, questions, axis=0)  # [B Q, ...]
+            logits = self._fuse(image, tokens.reshape(batch * questions, -1), train)
+            return logits.reshape(batch, questions, -1)
+        return self._fuse(image, tokens, train)
+
+    def _fuse(self, image: jax.Array, tokens: jax.Array, train: bool) -> jax.Array:
+        """Image features `[B, Di]` or `[B, N, Di]`, tokens `[B, L]` -> logits `[B, classes]`."""
         text = self.text_tower(tokens, train=train)  # [B, Dt] or [B, L, Dt]
         common = dict(
             num_classes=self.num_classes,

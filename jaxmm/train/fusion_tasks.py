@@ -89,15 +89,30 @@ def vqa_answer_vocabulary(builder: tfds.core.DatasetBuilder, size: int) -> tuple
 def vqa_example(
     example: dict[str, Any], rng: np.random.Generator, *, task: VqaTask
 ) -> dict[str, np.ndarray]:
-    """One training example: the image and one of its questions, drawn at random, with the
-    soft scores of every vocabulary answer."""
+    """One training example: the image and `data.questions_per_image` of its questions drawn
+    at random without repeats, with the soft scores of every vocabulary answer.
+
+    With more than one question the model encodes the image once and answers all of them
+    (`tokens` `[Q, L]`, `targets` `[Q, V]`); an image with fewer questions is padded with
+    empty ones whose all-zero targets carry no loss.
+    """
     # The image draws from `rng` first, as every example function does.
     image = pipeline.augment_image(example["image"], rng, task.config.data)
-    index = rng.integers(len(example["questions"]))
+    count = task.config.data.get("questions_per_image", 1)
+    chosen = rng.permutation(len(example["questions"]))[:count]
+
+    def question(index: int) -> tuple[np.ndarray, np.ndarray]:
+        answers = split_answers(example["answers"][index])
+        return task.tokens(example["questions"][index]), answer_targets(answers, task.classes)
+
+    tokens, targets = zip(*(question(i) for i in chosen), strict=True)
+    if count == 1:
+        return {"image": image, "tokens": tokens[0], "targets": targets[0]}
+    padding = count - len(chosen)
     return {
         "image": image,
-        "tokens": task.tokens(example["questions"][index]),
-        "targets": answer_targets(split_answers(example["answers"][index]), task.classes),
+        "tokens": np.stack(tokens + (np.zeros_like(tokens[0]),) * padding),
+        "targets": np.stack(targets + (np.zeros_like(targets[0]),) * padding),
     }
 
 

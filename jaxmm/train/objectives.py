@@ -155,27 +155,34 @@ class Classification:
 class SoftTargetClassification:
     """Answer classification against soft targets, on `{'image', 'tokens', 'targets'}` batches.
 
-    `targets` `[B, V]` holds each vocabulary answer's score (VQA-v2's soft accuracy against
+    `targets` `[B, V]` (or `[B, Q, V]` for Q questions per image, `tokens` `[B, Q, L]`)
+    holds each vocabulary answer's score (VQA-v2's soft accuracy against
     the human answers, or a one-hot answer). The loss is the softmax cross-entropy with the
     targets normalised to a distribution: exact for one answer per question (the built-in
     data); for VQA-v2's ten human answers Teney et al. (2018) report a sigmoid per answer
     a little better. A question whose answers all lie outside the vocabulary has no target
-    and no weight. `accuracy` is the soft accuracy of the top
-    answer, the VQA metric itself, on the training batch.
+    and no weight (the padding questions of an image with fewer than Q). `accuracy` is the soft
+    accuracy of the top answer, the VQA metric itself, over the batch's questions (padding,
+    all-zero tokens, left out).
     """
 
     def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
         return batch["image"], batch["tokens"]
 
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        targets = batch["targets"].astype(jnp.float32)
-        total = targets.sum(axis=-1)  # [B]
-        distribution = targets / jnp.maximum(total, 1e-12)[:, None]
+        targets = batch["targets"].astype(jnp.float32)  # [B, V] or [B, Q, V]
+        total = targets.sum(axis=-1)  # [B] or [B, Q]
+        distribution = targets / jnp.maximum(total, 1e-12)[..., None]
         per_example = -(distribution * jax.nn.log_softmax(outputs.astype(jnp.float32))).sum(-1)
         answerable = (total > 0).astype(jnp.float32)
         loss = (per_example * answerable).sum() / jnp.maximum(answerable.sum(), 1.0)
-        top = jnp.argmax(outputs, axis=-1)[:, None]
-        accuracy = jnp.take_along_axis(targets, top, axis=-1).mean()
+        # Accuracy over the real questions (an unanswerable one scores 0), not the padding.
+        tokens = batch.get("tokens")
+        asked = jnp.ones_like(total) if tokens is None else (tokens != 0).any(-1)
+        asked = asked.astype(jnp.float32)
+        top = jnp.argmax(outputs, axis=-1)[..., None]
+        score = jnp.take_along_axis(targets, top, axis=-1)[..., 0]
+        accuracy = (score * asked).sum() / jnp.maximum(asked.sum(), 1.0)
         return loss, {"accuracy": accuracy}
 
     def loss_weight(self, batch: Batch) -> jax.Array:

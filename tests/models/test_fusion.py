@@ -142,6 +142,25 @@ def test_logits_ignore_everything_after_eot(kind):
     assert not np.allclose(apply(variables, images, changed)[1], base[1], atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["concat", "xattn_co"])
+def test_several_questions_per_image_answer_as_one_each(kind):
+    """`tokens` `[B, Q, L]`: the image is encoded once and each question answered as if it
+    came alone with its image; a sequence-sensitive fusion (co-attention) shows the image
+    features were repeated per question, not mixed across images."""
+    _, variables, apply = _built(kind)
+    images, tokens = _inputs()
+    # Image 0 asks (q0, q1, q0 with one word changed); image 1 asks (q1, q0, q1).
+    third = tokens[0].copy()
+    third[3] += 1
+    questions = np.stack([np.stack([tokens[0], tokens[1], third]), tokens[[1, 0, 1]]])
+    logits = apply(variables, images, questions)
+    chex.assert_shape(logits, (2, 3, 10))
+    for q in range(3):
+        alone = apply(variables, images, questions[:, q])
+        chex.assert_trees_all_close(logits[:, q], alone, atol=1e-5)
+    assert not np.allclose(logits[0, 0], logits[0, 2], atol=1e-4)
+
+
 def test_co_attention_adds_an_image_stream():
     plain, co = _built("xattn")[1], _built("xattn_co")[1]
     plain, co = plain["params"]["xattn"], co["params"]["xattn"]

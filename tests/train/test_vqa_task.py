@@ -148,6 +148,44 @@ def test_soft_target_loss_by_hand():
     np.testing.assert_allclose(metrics["accuracy"], 2 / 3, rtol=1e-6)
 
 
+def test_soft_target_loss_over_several_questions_per_image_skips_the_padding():
+    # Two images of three questions; the last question of image 1 is padding (no target).
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+    targets = jnp.asarray(rng.uniform(size=(2, 3, 4)) * (rng.uniform(size=(2, 3, 4)) > 0.5))
+    targets = targets.at[0, 0].set(jnp.array([0.0, 1.0, 0.0, 0.0])).at[1, 2].set(0.0)
+    tokens = jnp.ones((2, 3, 5), jnp.int32).at[1, 2].set(0)
+    loss, metrics = SoftTargetClassification().loss(logits, {"targets": targets, "tokens": tokens})
+    keep = np.asarray(targets.sum(-1) > 0).reshape(-1)
+    assert keep.sum() == 5
+    flat_loss, flat_metrics = SoftTargetClassification().loss(
+        logits.reshape(6, 4)[keep], {"targets": targets.reshape(6, 4)[keep]}
+    )
+    np.testing.assert_allclose(loss, flat_loss, rtol=1e-6)
+    np.testing.assert_allclose(metrics["accuracy"], flat_metrics["accuracy"], rtol=1e-6)
+    assert SoftTargetClassification().loss_weight({"targets": targets}) == 5
+
+
+def test_an_example_draws_distinct_questions_and_pads_with_empty_ones(data_dir, tmp_path):
+    config = smoke_config(data_dir)
+    task = tasks.make_task(config, datasets.prepare_builder(config.data), tmp_path)
+    record = datasets.prepare_builder(config.data).as_data_source("train")[0]
+    asked = {tuple(task.tokens(q)) for q in record["questions"]}
+    for count in (3, 7, 9):
+        config.data.questions_per_image = count
+        example = task.example_fn(record, np.random.default_rng(count))
+        tokens, targets = example["tokens"], example["targets"]
+        assert tokens.shape == (count, config.data.context_length), count
+        real = min(count, len(record["questions"]))
+        drawn = {tuple(row) for row in tokens[:real]}
+        assert len(drawn) == real and drawn <= asked, count  # distinct questions of the image
+        assert (targets[:real].sum(-1) == 1).all()  # one answer each, one-hot
+        assert not tokens[real:].any() and not targets[real:].any()  # padding: no loss
+    config.data.questions_per_image = 1
+    example = task.example_fn(record, np.random.default_rng(0))
+    assert example["tokens"].shape == (config.data.context_length,)
+
+
 def test_towers_start_from_a_clip_weights_tag(tmp_path, monkeypatch):
     """`init_from=clip_test@local` (random weights in open_clip's layout, served from a file)
     for a fusion model with `clip_test`'s towers: the towers are the converted CLIP's, the
