@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.task = "vqa"
     # A CLIP run (or OpenAI weights tag) whose towers fit the model's; only they are loaded.
     config.init_from = ""
+    # Which towers init_from loads. Without "text_tower" the run keeps its own tokenizer
+    # (learnt from the questions) and a fresh text tower.
+    config.init_towers = ("image_tower", "text_tower")
     config.wise_alpha = (1.0,)
     config.seed = 0
     config.batch_size = 128

@@ -4,8 +4,9 @@
 Both train a fusion model (`jaxmm.models.fusion`: concatenation, bilinear pooling or
 cross-attention over an image tower and the text tower) with the one trainer. The towers
 can start from a CLIP run or converted OpenAI CLIP weights (`init_from`): only the
-`image_tower` and `text_tower` subtrees are loaded (`pretrained_subtrees`), and a CLIP run's
-tokenizer comes with them, since its text tower only understands that vocabulary.
+`image_tower` and `text_tower` subtrees are loaded (`pretrained_subtrees`, chosen by
+`init_towers`), and with the text tower a CLIP run's tokenizer comes along, since that tower
+only understands its vocabulary.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from jaxmm.train.task_common import (
 )
 
 ANSWERS_FILE = "answers.txt"
+TOWERS = ("image_tower", "text_tower")
 
 
 class FusionTask:
@@ -42,15 +44,22 @@ class FusionTask:
     its text vocabulary and class count, and inputs `(images, tokens)`."""
 
     text_key = "text"  # the feature the BPE tokenizer learns from
-    # What `init_from` loads: the towers; the fusion layers and the classifier start fresh.
-    pretrained_subtrees = ("image_tower", "text_tower")
 
     def __init__(self, config: ConfigDict, builder: tfds.core.DatasetBuilder, workdir):
         self.config, self.builder = config, builder
         workdir = pathlib.Path(workdir)
+        # What `init_from` loads: the towers (`init_towers`, both by default); the fusion
+        # layers and the classifier start fresh.
+        self.pretrained_subtrees = tuple(config.get("init_towers", TOWERS))
+        if not self.pretrained_subtrees or set(self.pretrained_subtrees) - set(TOWERS):
+            raise ValueError(
+                f"init_towers={self.pretrained_subtrees}: name one or both of {TOWERS}"
+            )
 
         def tokenizer() -> Tokenizer:
-            inherited_tokenizer(config.get("init_from", ""), workdir)
+            # A CLIP's text tower only understands its own tokenizer's ids.
+            if "text_tower" in self.pretrained_subtrees:
+                inherited_tokenizer(config.get("init_from", ""), workdir)
             return build_tokenizer(config.tokenizer, builder, workdir, self.text_key)
 
         self.tokenizer = distributed.first_process_then_others("tokenizer", tokenizer)

@@ -17,7 +17,8 @@ checkpoint of the run's own model loads whole.
 When the run's classifier differs from the checkpoint's (another class count), the head is
 left at its fresh initialisation and everything else must match exactly: a missing,
 unexpected or mis-shaped body parameter is an error naming the file, never a silent
-partial load.
+partial load. The one exception is a ViT's position embedding trained at another image size:
+its grid is resampled to the run's (`jaxmm.models.vit.resample_position_embedding`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -36,6 +38,7 @@ from flax.core import meta
 from jaxmm import convert, sharding, weights
 from jaxmm.models import create_model
 from jaxmm.models.scan import match_layout
+from jaxmm.models.vit import resample_position_embedding
 from jaxmm.train.checkpoint import restore_variables
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -106,7 +109,7 @@ def merge_pretrained(
         ValueError: body variables missing from, unexpected in or mis-shaped in `loaded`.
     """
     flat_init = traverse_util.flatten_dict(nn.unbox(dict(init)))
-    flat_loaded = traverse_util.flatten_dict(dict(loaded))
+    flat_loaded = _resampled_image_positions(flat_init, traverse_util.flatten_dict(dict(loaded)))
     missing = [p for p in flat_init if p not in flat_loaded and p not in head]
     unexpected = [p for p in flat_loaded if p not in flat_init and p not in head]
     misshaped = [
@@ -134,6 +137,36 @@ def merge_pretrained(
     if fresh:
         logging.info("init_from %s: new classifier head %s", source, fresh)
     return traverse_util.unflatten_dict(merged)
+
+
+def _resampled_image_positions(
+    flat_init: dict[Path, Any], flat_loaded: dict[Path, Any]
+) -> dict[Path, Any]:
+    """`flat_loaded` with each ViT position embedding whose token count differs from the
+    run's resampled to the run's grid (a tower trained at another image size). Text
+    positions are never resampled: a different context length stays an error."""
+    resampled = dict(flat_loaded)
+    for path, value in flat_init.items():
+        old = flat_loaded.get(path)
+        if (
+            path[-1] != "pos_embed"
+            or any(key.startswith("text") for key in path)
+            or old is None
+            or old.shape == value.shape
+            or (old.shape[0], old.shape[2]) != (value.shape[0], value.shape[2])
+        ):
+            continue
+        try:
+            resampled[path] = resample_position_embedding(jnp.asarray(old), value.shape[1])
+        except ValueError:
+            continue  # no square grids: reported as mis-shaped
+        logging.info(
+            "init_from: %s resampled from %d to %d tokens",
+            "/".join(path),
+            old.shape[1],
+            value.shape[1],
+        )
+    return resampled
 
 
 def load_variables(init_from: str, task: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from flax import traverse_util
+from ml_collections import ConfigDict
 from PIL import Image
 
 import jaxmm.train
@@ -19,6 +20,7 @@ from jaxmm import convert, sharding, weights
 from jaxmm.data import datasets
 from jaxmm.evaluate import __main__ as evaluate_cli
 from jaxmm.models import create_model
+from jaxmm.models.vit import resample_position_embedding
 from jaxmm.train import tasks
 from jaxmm.train.metric_writer import MetricWriter
 from jaxmm.train.objectives import SoftTargetClassification
@@ -70,30 +72,72 @@ def test_eval_samples_show_question_prediction_and_truth(vqa_run, data_dir, tmp_
     assert events.stat().st_size > sum(image.size for image, _ in samples) // 10
 
 
-def test_towers_start_from_a_clip_run_and_the_rest_fresh(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory, data_dir) -> tuple[pathlib.Path, ConfigDict]:
+    """A smoke CLIP run at 32 px and its config."""
     clip_config = clip_small.get_config("smoke")
     clip_config.data.data_dir = data_dir
     clip_config.progress_bar = False
-    jaxmm.train.run(clip_config, tmp_path / "clip")
+    workdir = tmp_path_factory.mktemp("clip")
+    jaxmm.train.run(clip_config, workdir)
+    return workdir, clip_config
+
+
+def _from_clip(clip_run, data_dir: str, **changes) -> ConfigDict:
+    """The smoke VQA config with the CLIP run's towers, one step at learning rate 0."""
+    workdir, clip_config = clip_run
     config = smoke_config(
-        data_dir,
-        image=dict(clip_config.model.image),
-        text=dict(clip_config.model.text),
+        data_dir, image=dict(clip_config.model.image), text=dict(clip_config.model.text)
     )
-    config.init_from = str(tmp_path / "clip")
+    config.init_from = str(workdir)
     config.total_steps = 1
     config.optim.learning_rate = 0.0  # the loaded values stay as loaded
-    jaxmm.train.run(config, tmp_path / "vqa")
+    config.update(changes)
+    return config
+
+
+def _params(run: pathlib.Path) -> dict[tuple[str, ...], np.ndarray]:
+    return traverse_util.flatten_dict(load_variables(str(run), None)["params"])
+
+
+def test_towers_start_from_a_clip_run_and_the_rest_fresh(tmp_path, data_dir, clip_run):
+    jaxmm.train.run(_from_clip(clip_run, data_dir), tmp_path / "vqa")
     # The CLIP run's own tokenizer comes along: its text tower knows no other vocabulary.
-    assert (tmp_path / "vqa/tokenizer.json").read_bytes() == (
-        tmp_path / "clip/tokenizer.json"
-    ).read_bytes()
-    clip = traverse_util.flatten_dict(load_variables(str(tmp_path / "clip"), None)["params"])
-    vqa = traverse_util.flatten_dict(load_variables(str(tmp_path / "vqa"), None)["params"])
+    clip_tokenizer = (clip_run[0] / "tokenizer.json").read_bytes()
+    assert (tmp_path / "vqa/tokenizer.json").read_bytes() == clip_tokenizer
+    clip, vqa = _params(clip_run[0]), _params(tmp_path / "vqa")
     towers = {path for path in vqa if path[0] in ("image_tower", "text_tower")}
     assert towers and len(towers) < len(vqa)
     for path in towers:
         np.testing.assert_array_equal(vqa[path], clip[path], err_msg="/".join(path))
+
+
+def test_the_image_tower_alone_at_another_image_size(tmp_path, data_dir, clip_run):
+    """`init_towers=("image_tower",)` from the 32 px CLIP into a 64 px VQA model: its own
+    question tokenizer and a fresh text tower; the ViT's 4x4 position grid resampled to 8x8
+    (`tests/models/test_vit_positions.py` checks the resampling against PyTorch)."""
+    config = _from_clip(clip_run, data_dir, init_towers=("image_tower",))
+    config.data.image_size = 64
+    jaxmm.train.run(config, tmp_path / "vqa")
+    clip_tokenizer = (clip_run[0] / "tokenizer.json").read_bytes()
+    assert (tmp_path / "vqa/tokenizer.json").read_bytes() != clip_tokenizer
+    clip, vqa = _params(clip_run[0]), _params(tmp_path / "vqa")
+    position = ("image_tower", "pos_embed")
+    # The class token's embedding first, then the patch grid.
+    assert clip[position].shape[1] == 1 + 16 and vqa[position].shape[1] == 1 + 64
+    np.testing.assert_allclose(
+        vqa[position], resample_position_embedding(clip[position], 1 + 64), rtol=1e-6
+    )
+    for path in (p for p in vqa if p[0] == "image_tower" and p != position):
+        np.testing.assert_array_equal(vqa[path], clip[path], err_msg="/".join(path))
+    text = [p for p in vqa if p[0] == "text_tower" and vqa[p].shape == clip[p].shape]
+    assert text and not all(np.array_equal(vqa[p], clip[p]) for p in text)
+
+
+def test_init_towers_must_name_towers(tmp_path, data_dir, clip_run):
+    for towers in ((), ("image_tower", "fusion")):
+        with pytest.raises(ValueError, match="init_towers=.*name one or both of"):
+            jaxmm.train.run(_from_clip(clip_run, data_dir, init_towers=towers), tmp_path / "x")
 
 
 def write_questions(folder: pathlib.Path) -> pathlib.Path:
