@@ -18,7 +18,7 @@ When the run's classifier differs from the checkpoint's (another class count), t
 left at its fresh initialisation and everything else must match exactly: a missing,
 unexpected or mis-shaped body parameter is an error naming the file, never a silent
 partial load. The one exception is a ViT's position embedding trained at another image size:
-its grid is resampled to the run's (`jaxmm.models.vit.resample_position_embedding`).
+its grid is resampled to the run's (`jaxmm.models.positions.resample_position_embedding`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from flax.core import meta
 
 from jaxmm import convert, sharding, weights
 from jaxmm.models import create_model
+from jaxmm.models.positions import resample_position_embedding
 from jaxmm.models.scan import match_layout
-from jaxmm.models.vit import resample_position_embedding
 from jaxmm.train.checkpoint import restore_variables
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")

@@ -161,6 +161,21 @@ def test_several_questions_per_image_answer_as_one_each(kind):
     assert not np.allclose(logits[0, 0], logits[0, 2], atol=1e-4)
 
 
+def test_sincos_image_positions_add_no_parameters_and_change_the_answer():
+    none = create_model("fusion_test", image_positions="none")
+    sincos = create_model("fusion_test", image_positions="sincos")
+    images, tokens = _inputs()
+    variables = _random_variables(none, images, tokens)
+    shapes = jax.eval_shape(sincos.init, jax.random.PRNGKey(0), images, tokens)
+    assert jax.tree.structure(nn.unbox(shapes)) == jax.tree.structure(variables)
+    chex.assert_shape(sincos.apply(variables, images, tokens), (2, 10))
+    assert not np.allclose(
+        sincos.apply(variables, images, tokens), none.apply(variables, images, tokens), atol=1e-4
+    )
+    with pytest.raises(ValueError, match="image_positions must be one of"):
+        create_model("fusion_test", image_positions="sine")
+
+
 def test_co_attention_adds_an_image_stream():
     plain, co = _built("xattn")[1], _built("xattn_co")[1]
     plain, co = plain["params"]["xattn"], co["params"]["xattn"]

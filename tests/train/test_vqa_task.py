@@ -20,7 +20,7 @@ from jaxmm import convert, sharding, weights
 from jaxmm.data import datasets
 from jaxmm.evaluate import __main__ as evaluate_cli
 from jaxmm.models import create_model
-from jaxmm.models.vit import resample_position_embedding
+from jaxmm.models.positions import resample_position_embedding
 from jaxmm.train import tasks
 from jaxmm.train.metric_writer import MetricWriter
 from jaxmm.train.objectives import SoftTargetClassification

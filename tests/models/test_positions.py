@@ -1,10 +1,11 @@
-"""`resample_position_embedding`: a ViT's position grid for another image size, against
+"""`jaxmm.models.positions`: the fixed 2D sine-cosine embedding against timm's, and
+`resample_position_embedding` (a ViT's position grid for another image size) against
 PyTorch's bilinear `interpolate` (half-pixel centres, no antialiasing)."""
 
 import numpy as np
 import pytest
 
-from jaxmm.models.vit import resample_position_embedding
+from jaxmm.models.positions import resample_position_embedding, sincos_2d
 
 torch = pytest.importorskip("torch")
 
@@ -39,3 +40,15 @@ def test_same_grid_is_unchanged():
 def test_counts_without_a_square_grid_are_refused():
     with pytest.raises(ValueError, match="cannot resample a position embedding of 12 tokens"):
         resample_position_embedding(np.zeros((1, 12, 4), np.float32), 16)
+
+
+@pytest.mark.parametrize("height, width, dim", [(8, 8, 128), (3, 5, 16)])
+def test_sincos_matches_timm(height, width, dim):
+    timm_sincos = pytest.importorskip("timm.layers.pos_embed_sincos")
+    expected = timm_sincos.build_sincos2d_pos_embed([height, width], dim).numpy()
+    np.testing.assert_allclose(sincos_2d(height, width, dim), expected, atol=1e-6)
+
+
+def test_sincos_needs_a_multiple_of_four():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(2, 2, 6)
