@@ -27,13 +27,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.label_smoothing = 0.0
     config.data.name = "mm_shapes"
     config.data.label_key = "label"
-    del config.data["num_answers"]
+    del config.data["num_answers"], config.data["questions_per_image"]
     config.tokenizer.train_on_examples = 20_000  # one text per example, not seven
     config.model.fusion = "concat"
     if arg == "smoke":
         config.data.context_length = 16
         return config
     config.total_steps = 1500
+    config.batch_size = 128
+    config.optim.warmup_steps = 200
     config.data.image_size = 32
     config.data.context_length = 32
     config.model.image = dict(patch_size=8)  # clip_small's tower: a CLIP run's weights load
