@@ -3,6 +3,13 @@ question tokens attend to image tokens.
 
     python train.py --config=configs/vqa_xattn.py --workdir=runs/vqa_xattn
 
+The measured recipe starts the image tower from a run of the default job (README, "Visual
+question answering"):
+
+    python train.py --config=configs/clip_small.py --workdir=runs/clip_small
+    python train.py --config=configs/vqa_xattn.py --workdir=runs/vqa_xattn \
+        --config.init_from=runs/clip_small --config.init_towers='("image_tower",)'
+
 Needs no download: the scenes (1-4 coloured shapes, 7 questions each: colour, shape, size,
 position, existence, counting, relations) are generated on first use. Metrics:
 `vqa/accuracy`, `vqa/accuracy_<type>` and `vqa/heldout_accuracy` (questions about
@@ -10,9 +17,10 @@ colour-shape pairs the train split never shows); see BENCHMARKS.md for measured 
 docs/vqa_dataset.md for the data. `configs/vqa_concat.py` and `configs/vqa_bilinear.py`
 change only the fusion, so the three can be compared at equal cost.
 
-`--config.init_from=RUN` starts the image and text towers from a CLIP run with the same
-tower shapes (its tokenizer comes along); `--config.optim.frozen='("image_tower",)'` keeps
-a tower fixed. `--config=configs/vqa_xattn.py:smoke` is a seconds-long run for tests.
+`--config.init_from=RUN` starts the towers named by `init_towers` from a CLIP run with
+the same tower shapes (with the text tower its tokenizer comes along; a ViT position grid
+of another image size is resampled); `--config.optim.frozen='("image_tower",)'` keeps a
+tower fixed. `--config=configs/vqa_xattn.py:smoke` is a seconds-long run for tests.
 """
 
 from ml_collections import ConfigDict
@@ -62,9 +70,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     )
     config.tokenizer = dict(kind="bpe", vocab_size=1024, merges_path="", train_on_examples=5000)
     # clip_small's towers (a run of configs/clip_small.py loads into the image tower): 8 px
-    # patches, 64 tokens at 64 px. The question reads the image; `co_attention=True` also
-    # lets the image read the question (about 1.5x the step time).
-    config.model = dict(name="fusion_small", fusion="xattn", co_attention=False)
+    # patches, 64 tokens at 64 px, given fixed 2D sine-cosine positions in the fusion (a
+    # CLIP tower carries little position: BENCHMARKS.md). The question reads the image;
+    # `co_attention=True` also lets the image read the question (about 1.5x the step time).
+    config.model = dict(
+        name="fusion_small", fusion="xattn", co_attention=False, image_positions="sincos"
+    )
     config.optim = dict(
         name="adamw",
         learning_rate=1e-3,
