@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     del config.data["num_answers"], config.data["questions_per_image"]
     config.tokenizer.train_on_examples = 20_000  # one text per example, not seven
     config.model.fusion = "concat"
-    del config.model["image_positions"]  # measured with the tower's own positions only
+    config.model.image_positions = None  # measured with the ViT tower's own positions only
     if arg == "smoke":
         config.data.context_length = 16
         return config
