@@ -53,7 +53,6 @@ the image tower runs once per image and the logits are `[B, Q, num_classes]`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -62,7 +61,7 @@ from flax import linen as nn
 
 from jaxmm.models.clip import CLIP_VIT_STYLE, l2_normalize
 from jaxmm.models.layers import ACTIVATIONS, CrossAttentionBlock, classifier_head, layer_norm
-from jaxmm.models.positions import sincos_2d
+from jaxmm.models.positions import sincos_for_tokens
 from jaxmm.models.vit import VisionTransformer
 
 Dtype = Any
@@ -224,7 +223,7 @@ class CrossAttentionFusion(nn.Module):
 
         image = project(image, "image_proj")  # [B, N, W]
         if self.image_positions == "sincos":
-            image = image + _grid_sincos(image.shape[1], self.width).astype(self.dtype)
+            image = image + sincos_for_tokens(image.shape[1], self.width).astype(self.dtype)
         elif self.image_positions == "learned":
             positions = self.param(
                 "image_pos_embed",
@@ -267,18 +266,6 @@ class CrossAttentionFusion(nn.Module):
             self.width, self.num_classes, self.dropout, self.dtype, self.param_dtype, name="mlp"
         )
         return mlp(pooled, train=train)
-
-
-def _grid_sincos(num_tokens: int, width: int) -> jax.Array:
-    """`[num_tokens, width]` 2D sine-cosine embeddings of a square token grid; a leading
-    class token (one token more than a square) gets zeros."""
-    for prefix in (0, 1):
-        side = math.isqrt(num_tokens - prefix)
-        if side * side == num_tokens - prefix:
-            return jnp.concatenate([jnp.zeros((prefix, width)), sincos_2d(side, side, width)])
-    raise ValueError(
-        f"image_positions='sincos' needs a square grid of image tokens, got {num_tokens}"
-    )
 
 
 def _check_tower(fusion: str, role: str, tower: nn.Module) -> None:

@@ -3,6 +3,8 @@ resampling of a learned ViT embedding to another grid size."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -44,15 +46,13 @@ def resample_position_embedding(pos_embed: jax.Array, num_tokens: int) -> jax.Ar
         ValueError: either count fits no square grid (with the same class-token prefix).
     """
     have = pos_embed.shape[1]
-    for prefix in (0, 1):
-        side, new_side = _square_side(have - prefix), _square_side(num_tokens - prefix)
-        if side and new_side:
-            break
-    else:
+    layout, new_layout = grid_layout(have), grid_layout(num_tokens)
+    if layout is None or new_layout is None or layout[0] != new_layout[0]:
         raise ValueError(
             f"cannot resample a position embedding of {have} tokens to {num_tokens}: "
             "neither fits a square grid of patches (with or without a class token)"
         )
+    (prefix, side), new_side = layout, new_layout[1]
     width = pos_embed.shape[-1]
     head, grid = pos_embed[:, :prefix], pos_embed[:, prefix:].reshape(1, side, side, width)
     grid = jax.image.resize(
@@ -62,7 +62,21 @@ def resample_position_embedding(pos_embed: jax.Array, num_tokens: int) -> jax.Ar
     return jnp.concatenate([head, grid], axis=1)
 
 
-def _square_side(count: int) -> int:
-    """`s` when `count == s * s > 0`, else 0."""
-    side = int(round(count**0.5)) if count > 0 else 0
-    return side if side * side == count else 0
+def grid_layout(num_tokens: int) -> tuple[int, int] | None:
+    """`(prefix, side)` when `num_tokens` is a square grid of `side x side` patch tokens after
+    `prefix` (0, or 1 for a class token) leading ones; None when it is neither."""
+    for prefix in (0, 1):
+        count = num_tokens - prefix
+        side = math.isqrt(count) if count > 0 else 0
+        if side and side * side == count:
+            return prefix, side
+    return None
+
+
+def sincos_for_tokens(num_tokens: int, dim: int) -> jax.Array:
+    """`[num_tokens, dim]` `sincos_2d` embeddings of a square token grid; a leading class
+    token gets zeros."""
+    if (layout := grid_layout(num_tokens)) is None:
+        raise ValueError(f"sine-cosine positions need a square grid of tokens, got {num_tokens}")
+    prefix, side = layout
+    return jnp.concatenate([jnp.zeros((prefix, dim)), sincos_2d(side, side, dim)])
